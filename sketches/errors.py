@@ -22,5 +22,5 @@ class FormatError(EmbmonError, ValueError):
     """Bytes or files are not in a format (or format version) this embmon can read."""
 
 
-class ReferenceError_(EmbmonError, ValueError):  # noqa: N801 - avoid shadowing builtins.ReferenceError
+class ReferenceError_(EmbmonError, ValueError):
     """A reference cannot be built or loaded from what was given."""
