@@ -1,0 +1,226 @@
+"""The ``embmon`` command: reference build, replay, run, demo, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from sketches.batch import EventBatch
+from sketches.errors import EmbmonError
+from sketches.reference import METHODS, Method, Reference, build_reference
+
+from .config import add_settings_flags
+from .progress import Progress
+from .windows import parse_duration
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embmon", description="Embedding drift monitoring: Kafka in, Prometheus out."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ref = commands.add_parser("reference", help="build a reference from training embeddings")
+    ref_commands = ref.add_subparsers(dest="reference_command", required=True)
+    build = ref_commands.add_parser(
+        "build", help="fit centroids and PCA, profile, calibrate thresholds"
+    )
+    build.add_argument("--input", required=True, help=".npy matrix, or .jsonl/.parquet events")
+    build.add_argument("--labels", help=".npy (or one-per-line .txt) labels of the .npy rows")
+    build.add_argument(
+        "--label-field", default="target", help="event field holding the label (events input)"
+    )
+    build.add_argument("--method", choices=METHODS, default="pca-centroids")
+    build.add_argument("--components", type=int, default=20, help="PCA components")
+    build.add_argument("--clusters", type=int, default=8, help="clusters for kmeans / pca-kmeans")
+    build.add_argument("--centroids", help=".npy centroid matrix for --method manual")
+    build.add_argument("--distance", choices=("cosine", "euclidean"), default="cosine")
+    build.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        help="false-alarm rate per window (all metrics together)",
+    )
+    build.add_argument(
+        "--statistic",
+        choices=("hellinger", "psi", "jensen_shannon"),
+        default="hellinger",
+        help="statistic for categorical distributions",
+    )
+    build.add_argument(
+        "--rounds", type=int, default=300, help="bootstrap windows per calibrated size"
+    )
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--out", required=True, help="directory to write the reference to")
+
+    rep = commands.add_parser("replay", help="window a file of events against a reference")
+    rep.add_argument("--reference", required=True)
+    rep.add_argument("--input", required=True, help=".jsonl[.gz] or .parquet events")
+    rep.add_argument("--window", default="1d")
+    rep.add_argument("--lateness", help="allowed lateness (default: one window)")
+    rep.add_argument("--out", required=True)
+    rep.add_argument("--field", action="append", default=[], help="event field mapping NAME=PATH")
+    rep.add_argument("--segment-keys", default="", help="comma-separated segment keys to keep")
+    rep.add_argument(
+        "--openmetrics", help="also write the series with timestamps to this OpenMetrics file"
+    )
+    rep.add_argument("--quiet", action="store_true", help="no table, no progress")
+
+    run = commands.add_parser("run", help="the streaming agent: Kafka in, Prometheus out")
+    add_settings_flags(run)
+
+    demo = commands.add_parser("demo", help="the seed article's story on an embedded broker")
+    demo.add_argument("--out", default="embmon-demo")
+    demo.add_argument(
+        "--serve", action="store_true", help="keep /metrics up afterwards (Ctrl-C to stop)"
+    )
+    demo.add_argument("--metrics-port", type=int, default=9808)
+    demo.add_argument("--docs-per-day", type=int, default=300)
+    demo.add_argument("--quick", action="store_true", help="smaller data, same steps (tests)")
+
+    report = commands.add_parser("report", help="HTML + PNG charts of a windows.jsonl")
+    report.add_argument("--windows", required=True)
+    report.add_argument("--out", required=True)
+    return parser
+
+
+def _load_labels(path: str) -> np.ndarray[Any, Any]:
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    return np.asarray(Path(path).read_text().splitlines())
+
+
+def _reference_build(args: argparse.Namespace) -> int:
+    from .file_source import load_events
+
+    if args.input.endswith(".npy"):
+        batch = EventBatch.from_vectors(np.load(args.input, allow_pickle=False))
+        labels = None if args.labels is None else _load_labels(args.labels)
+    else:
+        events = load_events(args.input, label_field=args.label_field)
+        if events.rejects:
+            print(f"skipped bad events: {dict(events.rejects)}", file=sys.stderr)
+        batch = EventBatch(
+            events.embeddings,
+            np.zeros(events.embeddings.shape[0]),
+            tokens=events.tokens,
+            predictions=events.predictions,
+            targets=events.labels,
+        )
+        labels = None
+        if events.labels is not None and args.method == "pca-centroids":
+            if any(label is None for label in events.labels):
+                raise EmbmonError(f"some events lack the label field {args.label_field!r}")
+            labels = np.asarray(events.labels)
+    centroids = None if args.centroids is None else np.load(args.centroids, allow_pickle=False)
+    progress = Progress("calibrating thresholds", total=1.0)
+    reference = build_reference(
+        batch,
+        labels,
+        method=cast(Method, args.method),
+        components=args.components,
+        clusters=args.clusters,
+        distance=args.distance,
+        alpha=args.alpha,
+        statistic=args.statistic,
+        centroids=centroids,
+        rounds=args.rounds,
+        seed=args.seed,
+        progress=lambda done, total: progress.update(done / total),
+    )
+    progress.finish()
+    out = reference.save(args.out)
+    rows = reference.info["rows"]
+    print(
+        f"reference {reference.version} written to {out}: {len(reference.labels)} centroids "
+        f"({', '.join(reference.labels[:8])}{', …' if len(reference.labels) > 8 else ''}), "
+        f"dim {reference.dim}, {reference.space.n_components} PCA components, {reference.distance} distance; "
+        f"rows fit/profile/holdout {rows['fit']}/{rows['profile']}/{rows['holdout']}; alpha {args.alpha}"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from exporters.table import HEADER, format_row
+
+    from .fields import FieldMap
+    from .replay import replay
+
+    reference = Reference.load(args.reference)
+    fields = FieldMap.from_mapping(dict(item.split("=", 1) for item in args.field))
+    if not args.quiet:
+        print(HEADER)
+    summary = replay(
+        reference,
+        args.input,
+        window=parse_duration(args.window),
+        out_dir=args.out,
+        lateness=None if args.lateness is None else parse_duration(args.lateness),
+        fields=fields,
+        segment_keys=tuple(k for k in args.segment_keys.split(",") if k),
+        on_close=None if args.quiet else (lambda record: print(format_row(record), flush=True)),
+        show_progress=not args.quiet,
+    )
+    drifted = sum(1 for w in summary.windows if w["drifted"])
+    print(
+        f"{len(summary.windows)} windows ({drifted} drifted), {summary.events:,} events, "
+        f"rejected {summary.rejected or 'none'}; wrote {summary.out / 'windows.jsonl'}"
+    )
+    if args.openmetrics:
+        from exporters.openmetrics import write_openmetrics
+
+        write_openmetrics(
+            summary.windows, args.openmetrics, reference_f1=reference.classification_f1
+        )
+        print(f"wrote {args.openmetrics}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from exporters.report import write_report
+
+    index = write_report(Path(args.windows), Path(args.out))
+    print(f"wrote {index}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "reference":
+            return _reference_build(args)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "run":
+            from .run import run_from_args
+
+            return run_from_args(vars(args))
+        from .demo import run_demo
+
+        return run_demo(
+            out=Path(args.out),
+            serve=args.serve,
+            metrics_port=args.metrics_port,
+            docs_per_day=args.docs_per_day,
+            quick=args.quick,
+        )
+    except (EmbmonError, ValueError, OSError) as exc:
+        print(f"embmon: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
