@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sketches.profile import WindowProfile
 
-from .records import WindowKey, format_time, segment_label
+from .records import format_time
 
 __all__ = ["ProfileSink"]
 
@@ -27,12 +27,13 @@ class ProfileSink:
     def __init__(self, directory: str | Path) -> None:
         self.root = Path(directory) / "profiles"
 
-    def path_for(self, key: WindowKey) -> Path:
-        name = format_time(key.start).replace(":", "")
-        return self.root / _safe(key.model) / _safe(segment_label(key.segment)) / f"{name}.bin"
+    def path_for(self, model: str, segment: str, start: float) -> Path:
+        """Where the profile of (model, segment label, window start) lives."""
+        name = format_time(start).replace(":", "")
+        return self.root / _safe(model) / _safe(segment) / f"{name}.bin"
 
-    def write(self, key: WindowKey, profile: WindowProfile) -> Path:
-        path = self.path_for(key)
+    def write(self, model: str, segment: str, start: float, profile: WindowProfile) -> Path:
+        path = self.path_for(model, segment, start)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
@@ -42,5 +43,5 @@ class ProfileSink:
         os.replace(tmp, path)
         return path
 
-    def read(self, key: WindowKey) -> WindowProfile:
-        return WindowProfile.from_bytes(self.path_for(key).read_bytes())
+    def read(self, model: str, segment: str, start: float) -> WindowProfile:
+        return WindowProfile.from_bytes(self.path_for(model, segment, start).read_bytes())

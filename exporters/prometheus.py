@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from .records import parse_time, segment_label
 
-__all__ = ["AgentMetrics", "EmbmonCollector", "LabelBudget"]
+__all__ = ["AgentMetrics", "EmbmonCollector", "LabelBudget", "window_families"]
 
 OTHER = "other"
 
@@ -108,7 +108,7 @@ class EmbmonCollector(Collector):
             closed, lag = Counter(state.windows_closed), dict(state.lag)
             open_windows, watermark, replayed = state.open_windows, state.watermark, state.replayed
         yield from self._counters(events, rejected, closed, replayed)
-        yield from self._windows(latest)
+        yield from window_families(latest, self.max_terms)
         lag_family = GaugeMetricFamily(
             "embmon_consumer_lag_records",
             "Records between the consumer position and the partition end.",
@@ -186,79 +186,83 @@ class EmbmonCollector(Collector):
             value=replayed,
         )
 
-    def _windows(self, latest: Mapping[tuple[str, str], Mapping[str, Any]]) -> Iterator[Metric]:
-        ms = ["model", "segment"]
-        g = {
-            name: GaugeMetricFamily(name, doc, labels=labels)
-            for name, doc, labels in [
-                ("embmon_drift_score", "Drift score of the last closed window.", [*ms, "metric"]),
-                ("embmon_drift_threshold", "Calibrated threshold for that score.", [*ms, "metric"]),
-                (
-                    "embmon_drift_detected",
-                    "1 if the score exceeded its threshold.",
-                    [*ms, "metric"],
-                ),
-                ("embmon_window_drifted", "1 if any metric of the last window drifted.", ms),
-                (
-                    "embmon_closest_centroid_ratio",
-                    "Share of events closest to each centroid.",
-                    [*ms, "centroid"],
-                ),
-                (
-                    "embmon_centroid_distance",
-                    "Distance quantiles to each centroid.",
-                    [*ms, "centroid", "quantile"],
-                ),
-                ("embmon_classification_f1", "Macro F1 of the last window.", ms),
-                ("embmon_classification_accuracy", "Accuracy of the last window.", ms),
-                ("embmon_classification_precision", "Macro precision of the last window.", ms),
-                ("embmon_classification_recall", "Macro recall of the last window.", ms),
-                ("embmon_prediction_ratio", "Share of each predicted class.", [*ms, "class"]),
-                (
-                    "embmon_frequent_term_ratio",
-                    "Share of all terms taken by each frequent term.",
-                    [*ms, "term"],
-                ),
-                ("embmon_window_events", "Events in the last closed window.", ms),
-                ("embmon_last_window_end_timestamp_seconds", "End of the last closed window.", ms),
-            ]
-        }
-        for (model, segment), record in sorted(latest.items()):
-            base = [model, segment]
-            for metric, result in record.get("drift", {}).items():
-                g["embmon_drift_score"].add_metric([*base, metric], float(result["score"]))
-                if result.get("threshold") is not None:
-                    g["embmon_drift_threshold"].add_metric(
-                        [*base, metric], float(result["threshold"])
-                    )
-                g["embmon_drift_detected"].add_metric(
-                    [*base, metric], float(bool(result["drifted"]))
-                )
-            g["embmon_window_drifted"].add_metric(base, float(bool(record.get("drifted"))))
-            for centroid, ratio in record.get("closest_centroid", {}).items():
-                g["embmon_closest_centroid_ratio"].add_metric([*base, centroid], float(ratio))
-            for centroid, quantiles in record.get("centroid_distance", {}).items():
-                for quantile, value in quantiles.items():
-                    g["embmon_centroid_distance"].add_metric(
-                        [*base, centroid, quantile], float(value)
-                    )
-            classification = record.get("classification")
-            if classification:
-                for key, name in [
-                    ("f1_macro", "f1"),
-                    ("accuracy", "accuracy"),
-                    ("precision_macro", "precision"),
-                    ("recall_macro", "recall"),
-                ]:
-                    g[f"embmon_classification_{name}"].add_metric(base, float(classification[key]))
-            for label, ratio in record.get("predictions", {}).items():
-                g["embmon_prediction_ratio"].add_metric([*base, label], float(ratio))
-            terms_total = (record.get("text") or {}).get("terms") or 0
-            for term, count in record.get("frequent_terms", [])[: self.max_terms]:
-                if terms_total:
-                    g["embmon_frequent_term_ratio"].add_metric([*base, term], count / terms_total)
-            g["embmon_window_events"].add_metric(base, float(record["events"]))
-            g["embmon_last_window_end_timestamp_seconds"].add_metric(
-                base, parse_time(record["window_end"])
-            )
-        yield from g.values()
+
+def window_families(
+    latest: Mapping[tuple[str, str], Mapping[str, Any]], max_terms: int, timestamped: bool = False
+) -> list[GaugeMetricFamily]:
+    """Gauge families of closed windows' records, keyed by (model, segment label).
+
+    With ``timestamped`` every sample carries its window's end as timestamp (backfill).
+    """
+    ms = ["model", "segment"]
+    g = {
+        name: GaugeMetricFamily(name, doc, labels=labels)
+        for name, doc, labels in [
+            ("embmon_drift_score", "Drift score of the last closed window.", [*ms, "metric"]),
+            ("embmon_drift_threshold", "Calibrated threshold for that score.", [*ms, "metric"]),
+            (
+                "embmon_drift_detected",
+                "1 if the score exceeded its threshold.",
+                [*ms, "metric"],
+            ),
+            ("embmon_window_drifted", "1 if any metric of the last window drifted.", ms),
+            (
+                "embmon_closest_centroid_ratio",
+                "Share of events closest to each centroid.",
+                [*ms, "centroid"],
+            ),
+            (
+                "embmon_centroid_distance",
+                "Distance quantiles to each centroid.",
+                [*ms, "centroid", "quantile"],
+            ),
+            ("embmon_classification_f1", "Macro F1 of the last window.", ms),
+            ("embmon_classification_accuracy", "Accuracy of the last window.", ms),
+            ("embmon_classification_precision", "Macro precision of the last window.", ms),
+            ("embmon_classification_recall", "Macro recall of the last window.", ms),
+            ("embmon_prediction_ratio", "Share of each predicted class.", [*ms, "class"]),
+            (
+                "embmon_frequent_term_ratio",
+                "Share of all terms taken by each frequent term.",
+                [*ms, "term"],
+            ),
+            ("embmon_window_events", "Events in the last closed window.", ms),
+            ("embmon_last_window_end_timestamp_seconds", "End of the last closed window.", ms),
+        ]
+    }
+    for (model, segment), record in sorted(latest.items()):
+        ts = parse_time(record["window_end"]) if timestamped else None
+
+        def put(name: str, labels: list[str], value: float) -> None:
+            g[name].add_metric(labels, value, timestamp=ts)  # noqa: B023 - used at once
+
+        base = [model, segment]
+        for metric, result in record.get("drift", {}).items():
+            put("embmon_drift_score", [*base, metric], float(result["score"]))
+            if result.get("threshold") is not None:
+                put("embmon_drift_threshold", [*base, metric], float(result["threshold"]))
+            put("embmon_drift_detected", [*base, metric], float(bool(result["drifted"])))
+        put("embmon_window_drifted", base, float(bool(record.get("drifted"))))
+        for centroid, ratio in record.get("closest_centroid", {}).items():
+            put("embmon_closest_centroid_ratio", [*base, centroid], float(ratio))
+        for centroid, quantiles in record.get("centroid_distance", {}).items():
+            for quantile, value in quantiles.items():
+                put("embmon_centroid_distance", [*base, centroid, quantile], float(value))
+        classification = record.get("classification")
+        if classification:
+            for key, name in [
+                ("f1_macro", "f1"),
+                ("accuracy", "accuracy"),
+                ("precision_macro", "precision"),
+                ("recall_macro", "recall"),
+            ]:
+                put(f"embmon_classification_{name}", base, float(classification[key]))
+        for label, ratio in record.get("predictions", {}).items():
+            put("embmon_prediction_ratio", [*base, label], float(ratio))
+        terms_total = (record.get("text") or {}).get("terms") or 0
+        for term, count in record.get("frequent_terms", [])[:max_terms]:
+            if terms_total:
+                put("embmon_frequent_term_ratio", [*base, term], count / terms_total)
+        put("embmon_window_events", base, float(record["events"]))
+        put("embmon_last_window_end_timestamp_seconds", base, parse_time(record["window_end"]))
+    return list(g.values())

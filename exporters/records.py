@@ -8,7 +8,6 @@ these records, so a replay and a live run can never disagree on what a window sh
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +18,6 @@ __all__ = [
     "DISTANCE_QUANTILES",
     "TOP_TERMS",
     "Segment",
-    "WindowKey",
     "format_time",
     "parse_time",
     "segment_label",
@@ -29,15 +27,6 @@ __all__ = [
 Segment = tuple[tuple[str, str], ...]
 DISTANCE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 TOP_TERMS = 10
-
-
-@dataclass(frozen=True, order=True)
-class WindowKey:
-    """Identity of a window's profile: model, segment and the window's start (epoch s)."""
-
-    model: str
-    segment: Segment
-    start: float
 
 
 def format_time(epoch_seconds: float) -> str:
@@ -68,17 +57,19 @@ def segment_label(segment: Segment) -> str:
 
 
 def window_record(
-    key: WindowKey,
+    model: str,
+    segment: Segment,
+    start: float,
     end: float,
     profile: WindowProfile,
     drift: Mapping[str, DriftResult],
 ) -> dict[str, Any]:
     """The JSON-able record of a closed window."""
-    record: dict[str, Any] = {"model": key.model}
-    if key.segment:
-        record["segment"] = dict(key.segment)
+    record: dict[str, Any] = {"model": model}
+    if segment:
+        record["segment"] = dict(segment)
     record.update(
-        window_start=format_time(key.start),
+        window_start=format_time(start),
         window_end=format_time(end),
         events=profile.count,
         drifted=any(result.drifted for result in drift.values()),

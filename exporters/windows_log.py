@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from .records import WindowKey, parse_time
+from .records import parse_time, segment_label
 
-__all__ = ["WindowsLog", "read_records"]
+__all__ = ["WindowsLog", "read_records", "record_key"]
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -29,9 +29,11 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
-def record_key(record: dict[str, Any]) -> WindowKey:
-    segment = tuple(sorted((str(k), str(v)) for k, v in record.get("segment", {}).items()))
-    return WindowKey(str(record["model"]), segment, parse_time(str(record["window_start"])))
+def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
+    """(model, segment label, window start in epoch seconds): the ledger key of a record."""
+    segment = tuple((str(k), str(v)) for k, v in record.get("segment", {}).items())
+    start = parse_time(str(record["window_start"]))
+    return str(record["model"]), segment_label(segment), int(start)
 
 
 class WindowsLog:
@@ -52,7 +54,7 @@ class WindowsLog:
                 handle.truncate(keep)
                 os.fsync(handle.fileno())
 
-    def closed_keys(self) -> set[WindowKey]:
+    def closed_keys(self) -> set[tuple[str, str, int]]:
         """Keys of every window already persisted here."""
         if not self.path.exists():
             return set()
