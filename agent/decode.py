@@ -1,0 +1,454 @@
+"""Decode raw records (Kafka or files) into columnar batches, one per (model, segment).
+
+A whole poll of records is decoded at once so the vectors become one float32 matrix per
+encoding in a single numpy call; Python bytecode runs per record (JSON parse, a few lookups),
+never per number. A bad record never raises and never disturbs its neighbours: it becomes a
+``Reject`` with a reason from ``REJECT_REASONS`` (the values of the
+``embmon_events_rejected_total{reason}`` label) and keeps its bytes for a dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+from typing import Literal, NamedTuple, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from agent.fields import FieldMap, get_path
+from sketches.batch import EventBatch, FloatMatrix
+
+__all__ = [
+    "REJECT_REASONS",
+    "DecodedBatch",
+    "DecodedGroup",
+    "Decoder",
+    "RawRecord",
+    "RecordLike",
+    "Reject",
+    "RejectReason",
+    "Segment",
+    "tokenize",
+]
+
+RejectReason = Literal[
+    "invalid_json",
+    "not_object",
+    "missing_embedding",
+    "wrong_dimension",
+    "non_finite",
+    "wrong_type",
+    "oversized",
+    "bad_timestamp",
+]
+REJECT_REASONS: tuple[RejectReason, ...] = (
+    "invalid_json",
+    "not_object",
+    "missing_embedding",
+    "wrong_dimension",
+    "non_finite",
+    "wrong_type",
+    "oversized",
+    "bad_timestamp",
+)
+
+Segment = tuple[tuple[str, str], ...]
+"""The kept segment keys of an event as ``((key, value), ...)`` in configured key order."""
+
+# Epoch seconds from 1970 up to ~5138: a value past the end is almost always milliseconds.
+_MAX_EPOCH_SECONDS = 1e11
+_NUMBER_TYPES = frozenset({int, float})
+_DETAIL_CHARS = 80
+_WORD = re.compile(r"[^\W_]+")
+_T = TypeVar("_T")
+_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+class RecordLike(Protocol):
+    """What decode reads from a record; kafka-python's ``ConsumerRecord`` fits as it is."""
+
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+class RawRecord(NamedTuple):
+    """One record as a source hands it over: bytes, record timestamp in ms (<0: none), position."""
+
+    value: bytes | None
+    timestamp: int
+    partition: int = 0
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record that could not be decoded: why, where, and its bytes for a dead-letter path."""
+
+    reason: RejectReason
+    detail: str
+    partition: int
+    offset: int
+    event_id: str | None = None
+    value: bytes | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class DecodedGroup:
+    """The good events of one (model, segment), in input order, with where each came from.
+
+    ``partitions[i]`` and ``offsets[i]`` locate row ``i`` of ``batch`` in its source, so the
+    runtime can route rows into windows and know which offsets a closed window covers.
+    """
+
+    model: str
+    segment: Segment
+    batch: EventBatch
+    partitions: npt.NDArray[np.int32]
+    offsets: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The outcome of decoding one batch of records: groups of good events, and rejects."""
+
+    groups: tuple[DecodedGroup, ...]
+    rejects: tuple[Reject, ...]
+
+    @property
+    def events(self) -> int:
+        """Number of good events over all groups."""
+        return sum(len(g.batch) for g in self.groups)
+
+    @property
+    def reject_counts(self) -> Counter[str]:
+        """Rejected records per reason (only reasons that occurred)."""
+        return Counter(r.reason for r in self.rejects)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens of ``text``; letters with accents stay inside their word.
+
+    NFC first, so a decomposed "está" (``a`` + combining accent) is not split at the accent.
+
+    >>> tokenize("La casa ESTÁ aquí, ¿no? 3 niños")
+    ['la', 'casa', 'está', 'aquí', 'no', '3', 'niños']
+    """
+    return _WORD.findall(unicodedata.normalize("NFC", text).lower())
+
+
+class _Bad(Exception):
+    """Control flow inside ``Decoder``: this record is rejected for ``reason``."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: RejectReason = reason
+        self.detail = detail
+        self.event_id: str | None = None
+
+
+class _Row(NamedTuple):
+    position: int
+    record: RecordLike
+    event_id: str | None
+    timestamp: float
+    model: str
+    segment: Segment
+    vector: list[object] | bytes
+    tokens: list[str] | None
+    prediction: str | None
+    target: str | None
+
+
+class Decoder:
+    """Decodes batches of raw records against a reference of dimension ``dim``.
+
+    Built once from the reference and the configuration; ``decode`` keeps no state between
+    calls, so one decoder serves every poll of the live agent and every chunk of a replay.
+
+    >>> dec = Decoder(dim=2, segment_keys=["region"])
+    >>> out = dec.decode([
+    ...     RawRecord(b'{"embedding": [1, 2], "segment": {"region": "eu", "user": "x"}}', 5000),
+    ...     RawRecord(b'{"embedding": [1, 2, 3]}', 5000, offset=1),
+    ... ])
+    >>> [(g.model, g.segment, g.batch.timestamps.tolist()) for g in out.groups]
+    [('default', (('region', 'eu'),), [5.0])]
+    >>> out.rejects[0].reason, out.rejects[0].detail, out.rejects[0].offset
+    ('wrong_dimension', 'embedding has 3 values, the reference has 2', 1)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        fields: FieldMap | None = None,
+        *,
+        segment_keys: Sequence[str] = (),
+        default_model: str = "default",
+        max_event_bytes: int = 1 << 20,
+    ) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be at least 1, got {dim}")
+        if len(set(segment_keys)) != len(segment_keys):
+            raise ValueError(f"segment_keys must be distinct, got {list(segment_keys)}")
+        if max_event_bytes < 1:
+            raise ValueError(f"max_event_bytes must be positive, got {max_event_bytes}")
+        self.dim = dim
+        self.fields = fields if fields is not None else FieldMap()
+        self.segment_keys = tuple(segment_keys)
+        self.default_model = default_model
+        self.max_event_bytes = max_event_bytes
+        self._paths = {f.name: self.fields.path(f.name) for f in dataclass_fields(FieldMap)}
+
+    def decode(self, records: Iterable[RecordLike]) -> DecodedBatch:
+        """Decode ``records``; never raises for bad records, which come back as rejects."""
+        rows: list[_Row] = []
+        rejects: list[tuple[int, Reject]] = []
+        for index, record in enumerate(records):
+            try:
+                rows.append(self._parse(index, record))
+            except _Bad as bad:
+                rejects.append((index, _reject(bad.reason, bad.detail, record, bad.event_id)))
+        matrix, non_finite = self._matrix(rows)
+        for pos, detail in non_finite.items():
+            row = rows[pos]
+            rejects.append((row.position, _reject("non_finite", detail, row.record, row.event_id)))
+        rejects.sort(key=lambda pair: pair[0])  # non-finite rows come last; restore input order
+        keep = [pos for pos in range(len(rows)) if pos not in non_finite]
+        return DecodedBatch(self._group(rows, keep, matrix), tuple(r for _, r in rejects))
+
+    def _parse(self, index: int, record: RecordLike) -> _Row:
+        raw = record.value
+        if raw is None:
+            raise _Bad("invalid_json", "record has no value (a tombstone?)")
+        if len(raw) > self.max_event_bytes:
+            raise _Bad("oversized", f"{len(raw)} bytes > max_event_bytes {self.max_event_bytes}")
+        obj = _loads(raw)
+        if not isinstance(obj, dict):
+            raise _Bad("not_object", f"event is {_kind(obj)}, not an object")
+        f = self.fields
+        event_id = _label(f.event_id, get_path(obj, self._paths["event_id"]))
+        try:
+            return _Row(
+                position=index,
+                record=record,
+                event_id=event_id,
+                vector=self._vector(obj),
+                timestamp=self._timestamp(obj, record.timestamp),
+                model=self._model(obj),
+                segment=self._segment(obj),
+                tokens=self._tokens(obj),
+                prediction=_label(f.prediction, get_path(obj, self._paths["prediction"])),
+                target=_label(f.target, get_path(obj, self._paths["target"])),
+            )
+        except _Bad as bad:
+            bad.event_id = event_id
+            raise
+
+    def _vector(self, obj: dict[str, object]) -> list[object] | bytes:
+        f, dim = self.fields, self.dim
+        vec = get_path(obj, self._paths["embedding"])
+        if vec is not None:
+            if not isinstance(vec, list):
+                raise _Bad("wrong_type", f"{f.embedding} must be an array, not {_kind(vec)}")
+            if len(vec) != dim:
+                raise _wrong_dimension(len(vec), dim)
+            # Exact element types (numpy would read "1", true and null as numbers), checked by a
+            # loop that runs in C: map and set, no Python bytecode per element.
+            if not _NUMBER_TYPES.issuperset(map(type, vec)):
+                raise _not_numbers(vec)
+            return vec
+        b64 = get_path(obj, self._paths["embedding_b64"])
+        if b64 is None:
+            raise _Bad("missing_embedding", f"no {f.embedding!r} nor {f.embedding_b64!r}")
+        if not isinstance(b64, str):
+            raise _Bad("wrong_type", f"{f.embedding_b64} must be a string, not {_kind(b64)}")
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except ValueError:
+            raise _Bad("wrong_type", f"{f.embedding_b64} is not valid base64") from None
+        if len(data) % 4:
+            raise _Bad("wrong_type", f"{f.embedding_b64} is {len(data)} bytes, not float32s")
+        if len(data) != 4 * dim:
+            raise _wrong_dimension(len(data) // 4, dim)
+        return data
+
+    def _timestamp(self, obj: dict[str, object], record_ms: int | None) -> float:
+        value = get_path(obj, self._paths["timestamp"])
+        if value is None:
+            if record_ms is None or record_ms < 0:
+                raise _Bad("bad_timestamp", "event has no timestamp and the record carries none")
+            return record_ms / 1000.0
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise _Bad("bad_timestamp", f"not ISO 8601: {_short(value)!r}") from None
+            seconds = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            raise _Bad("bad_timestamp", f"timestamp must be a number or string, not {_kind(value)}")
+        if not 0.0 <= seconds < _MAX_EPOCH_SECONDS:
+            ms = not isinstance(value, str) and seconds >= _MAX_EPOCH_SECONDS
+            hint = " (milliseconds?)" if ms else ""
+            raise _Bad(
+                "bad_timestamp", f"timestamp {_short(repr(value))} is not epoch seconds{hint}"
+            )
+        return seconds
+
+    def _model(self, obj: dict[str, object]) -> str:
+        value = get_path(obj, self._paths["model"])
+        if value is None:
+            return self.default_model
+        if not isinstance(value, str) or not value:
+            raise _Bad("wrong_type", f"{self.fields.model} must be a non-empty string")
+        return value
+
+    def _segment(self, obj: dict[str, object]) -> Segment:
+        if not self.segment_keys:
+            return ()
+        value = get_path(obj, self._paths["segment"])
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise _Bad("wrong_type", f"{self.fields.segment} must be an object, not {_kind(value)}")
+        kept = (
+            (key, _label(f"{self.fields.segment}.{key}", value.get(key)))
+            for key in self.segment_keys
+        )
+        return tuple((key, label) for key, label in kept if label is not None)
+
+    def _tokens(self, obj: dict[str, object]) -> list[str] | None:
+        tokens = get_path(obj, self._paths["tokens"])
+        if tokens is not None:
+            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                raise _Bad("wrong_type", f"{self.fields.tokens} must be an array of strings")
+            return tokens
+        text = get_path(obj, self._paths["text"])
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise _Bad("wrong_type", f"{self.fields.text} must be a string, not {_kind(text)}")
+        return tokenize(text)
+
+    def _matrix(self, rows: list[_Row]) -> tuple[FloatMatrix, dict[int, str]]:
+        """All vectors as one float32 matrix, plus the rows holding NaN or infinity and where."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        lists: list[int] = []
+        vectors: list[list[object]] = []
+        blobs: list[int] = []
+        data: list[bytes] = []
+        for pos, row in enumerate(rows):
+            if isinstance(row.vector, bytes):
+                blobs.append(pos)
+                data.append(row.vector)
+            else:
+                lists.append(pos)
+                vectors.append(row.vector)
+        if lists:
+            with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported below
+                out[lists] = np.array(vectors, dtype=np.float32)
+        if blobs:
+            out[blobs] = np.frombuffer(b"".join(data), dtype="<f4").reshape(len(blobs), self.dim)
+        non_finite: dict[int, str] = {}
+        for pos in np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist():
+            col = int(np.flatnonzero(~np.isfinite(out[pos]))[0])
+            non_finite[pos] = f"embedding[{col}] is {out[pos, col]} as float32"
+        return out, non_finite
+
+    def _group(
+        self, rows: list[_Row], keep: list[int], matrix: FloatMatrix
+    ) -> tuple[DecodedGroup, ...]:
+        members: dict[tuple[str, Segment], list[int]] = {}
+        for pos in keep:
+            members.setdefault((rows[pos].model, rows[pos].segment), []).append(pos)
+        groups = []
+        for (model, segment), picked in members.items():
+            sel = [rows[p] for p in picked]
+            batch = EventBatch(
+                embeddings=matrix[np.asarray(picked, dtype=np.intp)],
+                timestamps=np.array([r.timestamp for r in sel], dtype=np.float64),
+                tokens=_column([r.tokens for r in sel]),
+                predictions=_column([r.prediction for r in sel]),
+                targets=_column([r.target for r in sel]),
+            )
+            partitions = np.array([r.record.partition for r in sel], dtype=np.int32)
+            offsets = np.array([r.record.offset for r in sel], dtype=np.int64)
+            groups.append(DecodedGroup(model, segment, batch, partitions, offsets))
+        return tuple(groups)
+
+
+def _label(path: str, value: object) -> str | None:
+    """A class, id or segment value: strings as they are, integers and booleans as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    raise _Bad("wrong_type", f"{path} must be a string or an integer, not {_kind(value)}")
+
+
+def _not_numbers(vec: list[object]) -> _Bad:
+    """The reject for a vector with a non-number; ``null`` is how many JSON encoders write NaN."""
+    j, x = next((j, x) for j, x in enumerate(vec) if type(x) not in _NUMBER_TYPES)
+    if x is None:
+        return _Bad("non_finite", f"embedding[{j}] is null (NaN written by a JSON encoder?)")
+    return _Bad("wrong_type", f"embedding[{j}] is {_kind(x)}, not a number")
+
+
+def _loads(raw: bytes) -> object:
+    """Parse one event with orjson, re-reading NaN and Infinity literals with ``json``.
+
+    Python's ``json`` writes those literals, which orjson refuses; re-read, such an event is
+    rejected as ``non_finite`` or ``bad_timestamp``, which tells its producer what is wrong.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if b"NaN" in raw or b"Infinity" in raw:
+            try:
+                return json.loads(raw)
+            except (ValueError, RecursionError):
+                pass
+        raise _Bad("invalid_json", _short(str(exc))) from None
+
+
+def _column(values: list[_T | None]) -> list[_T | None] | None:
+    """A batch column, or ``None`` when no event of the group carries the field."""
+    return None if all(v is None for v in values) else values
+
+
+def _reject(reason: RejectReason, detail: str, record: RecordLike, event_id: str | None) -> Reject:
+    return Reject(reason, detail, record.partition, record.offset, event_id, record.value)
+
+
+def _kind(value: object) -> str:
+    """JSON's name for the type of a decoded value, for reject details."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _wrong_dimension(found: int, dim: int) -> _Bad:
+    return _Bad("wrong_dimension", f"embedding has {found} values, the reference has {dim}")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"

@@ -1,0 +1,380 @@
+"""Raw records from a Kafka consumer group, with manual commits that carry metadata.
+
+Facts of kafka-python 3.x this module is built on (checked against a real Tansu broker in
+``tests/test_kafka_source.py``):
+
+* ``enable_auto_commit`` defaults to True; it is forced off, offsets are committed only by
+  ``commit()`` as ``OffsetAndMetadata(offset, metadata, -1)``.
+* Rebalance-listener callbacks run on the client's IO thread while ``poll()`` blocks the
+  caller; a blocking call from them raises RuntimeError. The listener here only records what
+  happened, and ``poll()`` hands the changes to the caller with the records.
+* The default assignors are eager: every rebalance first revokes everything, but a partition
+  assigned again keeps its position. Such a partition was never owned by anyone else, so it
+  is reported neither revoked nor assigned. A partition lost by eviction restarts from its
+  committed offset: reported revoked, and assigned again if it came back.
+* Tansu 0.6 answers ListOffsets(latest) with the base offset of the last record batch plus
+  one, short of the end when that batch holds several records; a fetch response's high
+  watermark is right. ``end_offsets`` takes the larger of both.
+* Consumer groups join in about 3 s with the default timeouts below (about 23 s with
+  kafka-python's own).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal, NamedTuple
+
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
+
+__all__ = ["KafkaSettings", "KafkaSource", "PartitionProgress", "Poll", "RawRecord"]
+
+log = logging.getLogger(__name__)
+
+_FORBIDDEN = {
+    "enable_auto_commit": "offsets are committed only after windows are persisted",
+    "partition_assignment_strategy": "assignment tracking relies on the eager assignors",
+    "group_id": "set KafkaSettings.group_id",
+    "bootstrap_servers": "set KafkaSettings.bootstrap_servers",
+}
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Consumer settings; ``None`` leaves kafka-python's default.
+
+    The group timeouts default to values that let a group form in about 3 s; raise
+    ``max_poll_interval_ms`` if closing windows between polls can take longer than it.
+    ``extra`` passes any other ``KafkaConsumer`` option through (e.g. ``ssl_check_hostname``).
+    """
+
+    bootstrap_servers: str | Sequence[str]
+    topics: Sequence[str]
+    group_id: str
+    client_id: str = "embmon"
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 10000
+    max_poll_records: int = 500
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    fetch_max_bytes: int | None = None
+    max_partition_fetch_bytes: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not self.topics or isinstance(self.topics, str):
+            raise ValueError("topics must be a non-empty list of topic names")
+        clash = sorted(set(self.extra) & set(_FORBIDDEN))
+        if clash:
+            reasons = "; ".join(f"{key}: {_FORBIDDEN[key]}" for key in clash)
+            raise ValueError(f"these consumer options cannot be passed in extra: {reasons}")
+
+    def consumer_config(self) -> dict[str, Any]:
+        """Keyword arguments for a ``KafkaConsumer`` of this group (values bytes, no deserializer)."""
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_plain_username,
+            "sasl_plain_password": self.sasl_plain_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+        }
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "client_id": self.client_id,
+            "enable_auto_commit": False,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "max_poll_records": self.max_poll_records,
+            "auto_offset_reset": self.auto_offset_reset,
+            "security_protocol": self.security_protocol,
+        }
+        config.update({key: value for key, value in optional.items() if value is not None})
+        config.update(self.extra)
+        return config
+
+
+class RawRecord(NamedTuple):
+    """One Kafka record as read; ``value`` is None for a tombstone."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """What one ``poll`` brought: apply ``revoked``, then ``assigned``, then ``records``.
+
+    ``assigned`` maps each newly owned partition to its committed ``(offset, metadata)`` (None:
+    never committed); the records of those partitions start at that offset.
+    """
+
+    records: list[RawRecord]
+    revoked: frozenset[TopicPartition] = frozenset()
+    assigned: Mapping[TopicPartition, tuple[int, str | None] | None] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """A partition's read position against its high watermark (None until first fetched)."""
+
+    position: int
+    highwater: int | None
+    caught_up: bool
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.highwater is None else max(self.highwater - self.position, 0)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
+    """Records rebalance events on the IO thread; ``KafkaSource.poll`` reads them after."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[tuple[str, frozenset[TopicPartition]]] = []
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._push("revoked", revoked)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._push("assigned", assigned)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self._push("lost", lost)
+
+    def drain(self) -> list[tuple[str, frozenset[TopicPartition]]]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def _push(self, kind: str, partitions: Iterable[TopicPartition]) -> None:
+        with self._lock:
+            self._events.append((kind, frozenset(partitions)))
+
+
+def _changes(
+    before: frozenset[TopicPartition],
+    events: Iterable[tuple[str, frozenset[TopicPartition]]],
+    final: frozenset[TopicPartition],
+) -> tuple[frozenset[TopicPartition], frozenset[TopicPartition]]:
+    """(revoked, newly assigned) partitions from the listener events of one poll.
+
+    A partition counts as kept only if the consumer kept its position throughout: eager
+    "revoked" is a notice (the state survives if the new assignment has it again), "lost"
+    clears the state, and each "assigned" carries the whole new assignment.
+    """
+    kept = set(before)
+    for kind, partitions in events:
+        if kind == "lost":
+            kept -= partitions
+        elif kind == "assigned":
+            kept &= partitions
+    kept &= final
+    return before - kept, final - kept
+
+
+class KafkaSource:
+    """A consumer-group member of ``settings.topics``; a context manager.
+
+    With ``until_end=True`` the end offsets of every partition are taken at start and nothing
+    at or past them is returned; ``finished()`` tells when all assigned partitions reached them.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, until_end: bool = False) -> None:
+        self._settings = settings
+        self._stop: dict[TopicPartition, int] | None = None
+        if until_end:
+            self._stop = self.end_offsets()
+        self._listener = _Listener()
+        self._consumer = KafkaConsumer(**settings.consumer_config())
+        self._consumer.subscribe(list(settings.topics), listener=self._listener)
+        self._held: frozenset[TopicPartition] = frozenset()
+
+    @property
+    def stop_offsets(self) -> Mapping[TopicPartition, int] | None:
+        """The end offsets taken at start under ``until_end``, else None."""
+        return None if self._stop is None else MappingProxyType(self._stop)
+
+    def poll(self, timeout_ms: int) -> Poll:
+        """Records of the assigned partitions, and the assignment changes met on the way."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        final = frozenset(self._consumer.assignment())
+        revoked, fresh = _changes(self._held, self._listener.drain(), final)
+        self._held = final
+        records: list[RawRecord] = []
+        for tp, batch in batches.items():
+            records.extend(self._trim(tp, batch))
+        self._pause_finished()
+        assigned = {tp: self.committed(tp) for tp in sorted(fresh)}
+        return Poll(records, revoked, MappingProxyType(assigned))
+
+    def commit(self, offsets: Mapping[TopicPartition, tuple[int, str]]) -> bool:
+        """Commit ``{tp: (offset, metadata)}``; False if the group moved on (rebalance or eviction).
+
+        A False commit is harmless: the partitions concerned come back through ``poll`` as
+        revoked, and their next owner resumes from the previous commit.
+        """
+        if not offsets:
+            return True
+        payload = {
+            TopicPartition(*tp): OffsetAndMetadata(offset, metadata, -1)
+            for tp, (offset, metadata) in offsets.items()
+        }
+        try:
+            self._consumer.commit(payload)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            log.warning("offset commit refused, the group is rebalancing: %s", exc)
+            return False
+        return True
+
+    def committed(self, tp: TopicPartition) -> tuple[int, str | None] | None:
+        """The group's committed ``(offset, metadata)`` of ``tp``, None if never committed."""
+        found = self._consumer.committed(TopicPartition(*tp), metadata=True)
+        if found is None or found.offset < 0:
+            return None
+        return int(found.offset), found.metadata
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._held
+
+    def progress(self) -> dict[TopicPartition, PartitionProgress]:
+        """Position, high watermark and caught-up state of every assigned partition.
+
+        A paused partition is never caught up (its high watermark is not refreshed while paused);
+        under ``until_end`` a partition at its stop offset always is.
+        """
+        paused = self._consumer.paused()
+        out: dict[TopicPartition, PartitionProgress] = {}
+        for tp in self._held:
+            position = self._consumer.position(tp)
+            if position is None:
+                continue
+            highwater = self._consumer.highwater(tp)
+            done = self._stop is not None and position >= self._stop.get(tp, 0)
+            caught_up = done or (
+                tp not in paused and highwater is not None and position >= highwater
+            )
+            out[tp] = PartitionProgress(int(position), highwater, caught_up)
+        return out
+
+    def finished(self) -> bool:
+        """Under ``until_end``: partitions are assigned and all reached their stop offsets."""
+        if self._stop is None or not self._held:
+            return False
+        return all((self._consumer.position(tp) or 0) >= self._stop.get(tp, 0) for tp in self._held)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._consumer.pause(*(TopicPartition(*tp) for tp in partitions))
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._consumer.resume(*(TopicPartition(*tp) for tp in partitions))
+
+    def paused(self) -> frozenset[TopicPartition]:
+        return frozenset(self._consumer.paused())
+
+    def set_paused(self, partitions: Iterable[TopicPartition]) -> None:
+        """Pause exactly ``partitions`` (of those assigned), plus those finished under ``until_end``."""
+        wanted = {TopicPartition(*tp) for tp in partitions} & self._held
+        wanted |= self._finished_partitions()
+        current = self.paused()
+        if wanted - current:
+            self._consumer.pause(*(wanted - current))
+        if current - wanted:
+            self._consumer.resume(*(current - wanted))
+
+    def end_offsets(
+        self, partitions: Iterable[TopicPartition] | None = None, *, timeout_s: float = 30.0
+    ) -> dict[TopicPartition, int]:
+        """The offset after the last record of each partition (default: all of the topics).
+
+        Uses a short-lived consumer outside the group: the larger of ListOffsets' answer and
+        the high watermark of a fetch from there (see the module docstring for why both).
+        """
+        probe = KafkaConsumer(
+            **{**self._settings.consumer_config(), "group_id": None, "fetch_max_wait_ms": 100}
+        )
+        try:
+            if partitions is None:
+                tps = [
+                    TopicPartition(topic, p)
+                    for topic in self._settings.topics
+                    for p in sorted(probe.partitions_for_topic(topic))
+                ]
+            else:
+                tps = [TopicPartition(*tp) for tp in partitions]
+            if not tps:
+                return {}
+            listed = probe.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
+            probe.assign(tps)
+            for tp in tps:
+                probe.seek(tp, listed[tp])
+            deadline = time.monotonic() + timeout_s
+            while any(probe.highwater(tp) is None for tp in tps):
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"no fetch response for {tps} within {timeout_s} s")
+                probe.poll(timeout_ms=200)
+            return {tp: max(int(listed[tp]), int(probe.highwater(tp))) for tp in tps}
+        finally:
+            probe.close(autocommit=False)
+
+    def close(self) -> None:
+        """Leave the group without committing (commits are the caller's, after persisting)."""
+        self._consumer.close(autocommit=False)
+
+    def __enter__(self) -> KafkaSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _trim(self, tp: TopicPartition, batch: Sequence[Any]) -> list[RawRecord]:
+        stop = None if self._stop is None else self._stop.get(tp, 0)
+        kept = [
+            RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.value)
+            for r in batch
+            if stop is None or r.offset < stop
+        ]
+        if stop is not None and len(kept) < len(batch):
+            # Rewind to the stop offset so the position (what gets committed) never passes
+            # records this run did not hand out.
+            self._consumer.seek(tp, stop)
+        return kept
+
+    def _finished_partitions(self) -> set[TopicPartition]:
+        if self._stop is None:
+            return set()
+        stop = self._stop
+        return {tp for tp in self._held if (self._consumer.position(tp) or 0) >= stop.get(tp, 0)}
+
+    def _pause_finished(self) -> None:
+        done = self._finished_partitions() - set(self._consumer.paused())
+        if done:
+            self._consumer.pause(*done)

@@ -1,0 +1,418 @@
+"""Tumbling windows over Kafka partitions with exactly-once accounting.
+
+State is one profile per (partition, model, segment, window start): sketches cannot subtract,
+so keeping partitions apart is what lets a revoked partition be dropped cleanly. A window's
+final profile is the merge of its per-partition profiles. Windows are aligned on the Unix epoch
+(``7d`` windows start on Thursdays).
+
+Watermarks. A partition's watermark is the largest event time it has shown. The global
+watermark is the smallest watermark of the assigned partitions that are not caught up (a
+partition at its high watermark does not hold time back); when all are caught up it is the
+largest. Window ``[s, e)`` closes once the global watermark reaches ``e + lateness``; windows
+close in time order, so ``closed_through`` (the newest closed end) says that every window
+ending at or before it is closed. An event whose window is already closed is *late*: counted,
+never added. A partition whose watermark runs more than ``max_windows_ahead`` windows past the
+global one is to be paused, which bounds the number of open windows.
+
+Commits. A partition's committable offset is the smallest offset of its events held in open
+windows, or its position when it holds none; it is committed with ``closed_through``
+(``agent.checkpoint``). The caller persists every window ``close_ready()`` returns *before*
+committing ``commit_offsets()``.
+
+Why one replica killed with SIGKILL at any instant neither loses nor double-counts an event
+(event time). Take the last successful commit ``(o, T)`` of a partition. Every event of it at
+an offset below ``o`` was, when committed, in no open window, so it was in a window already
+closed, hence persisted (persist before commit), or it was late. On restart the consumer
+resumes at ``o`` and every event from ``o`` on is re-read and meets exactly one rule:
+
+* its window ends at or before ``T``: that window was closed before the commit, so the event
+  is in a persisted window or was late; skipped.
+* its window key is in the ledger (``closed_keys``, read from what was persisted, plus every
+  window this process closes): that window was persisted, perhaps after the last commit and
+  just before the kill; skipped.
+* otherwise its window was never persisted, so the event is in no output yet; added. The kill
+  lost only open state, and every event of it sits at an offset at or above ``o`` (it was in
+  an open window at the commit, or was read after it), so all of it is rebuilt.
+
+Skipped re-reads are counted apart from late events. Without ``T`` (a broker that drops commit
+metadata, or no commit yet) the ledger alone gives the same guarantee; ``T`` keeps it when the
+ledger is lost. Two corner cases stay counted once in the output but are counted differently:
+an event never read before the kill whose window had already closed is "skipped" instead of
+"late", and an event that was late before the kill, in a window that no event of its (model,
+segment) ever reached, may be added to a fresh window after it. The exporter must write a window
+atomically (a torn last line is not a persisted window).
+
+Rebalances use the same rules: a revoked partition's open state is dropped and the next owner
+re-reads it from the committed offset, so no window persisted here holds events of a partition
+after its revocation. When a partition comes back, a re-read event whose window is closed here
+is a skipped re-read if it was handled here (below the partition's committable offset at the
+revocation), and late otherwise.
+
+Processing time (``time_mode="processing"``) windows events by the injected clock at arrival.
+There are no late events, but a re-read event lands in the current window whatever window it
+was in before, so events read between persisting a window and the commit that follows are
+counted again after a kill there: commit right after persisting.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Literal, NamedTuple, Protocol, Self, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.checkpoint import Checkpoint
+
+__all__ = [
+    "AddResult",
+    "Batch",
+    "ClosedWindow",
+    "Partition",
+    "Profile",
+    "WindowKey",
+    "WindowStore",
+    "parse_duration",
+]
+
+Partition = tuple[str, int]
+"""(topic, partition); ``kafka.TopicPartition`` is one."""
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """A duration from ``<number><unit>``, unit one of ms, s, m, h, d, w; ``"0"`` is zero.
+
+    >>> parse_duration("30s"), parse_duration("5m"), parse_duration("7d")
+    (datetime.timedelta(seconds=30), datetime.timedelta(seconds=300), datetime.timedelta(days=7))
+    >>> parse_duration("1.5h")
+    datetime.timedelta(seconds=5400)
+    """
+    if text.strip() == "0":
+        return timedelta(0)
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(
+            f"cannot read duration {text!r}: write a number and a unit, "
+            "e.g. 30s, 5m, 1h, 1d, 7d (units: ms, s, m, h, d, w)"
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+class Batch(Protocol):
+    """Decoded rows of one (model, segment): ``sketches.batch.EventBatch`` is one."""
+
+    @property
+    def timestamps(self) -> npt.NDArray[np.float64]: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, rows: npt.NDArray[np.intp]) -> Self: ...
+
+
+class Profile(Protocol):
+    """What the store needs of a window profile: ``sketches.profile.WindowProfile`` is one.
+
+    ``update`` changes the profile in place; ``merge`` is pure.
+    """
+
+    @property
+    def count(self) -> int: ...
+
+    def update(self, batch: Any) -> object: ...
+
+    def merge(self, other: Self) -> Self: ...
+
+
+P = TypeVar("P", bound=Profile)
+B = TypeVar("B", bound=Batch)
+
+
+class WindowKey(NamedTuple):
+    """A window of one model and segment; ``start`` in epoch seconds."""
+
+    model: str
+    segment: str
+    start: int
+
+    @classmethod
+    def of(cls, model: str, segment: str, start: datetime) -> WindowKey:
+        """The key of a persisted window (``windows.jsonl``'s ``window_start``)."""
+        if start.tzinfo is None:
+            raise ValueError(f"window start {start!r} must be timezone-aware (UTC)")
+        return cls(model, segment, math.floor(start.timestamp()))
+
+
+@dataclass(frozen=True)
+class ClosedWindow(Generic[P]):
+    """A closed window and its final profile (merged over partitions)."""
+
+    key: WindowKey
+    end: int
+    profile: P
+
+    @property
+    def start_time(self) -> datetime:
+        return datetime.fromtimestamp(self.key.start, UTC)
+
+    @property
+    def end_time(self) -> datetime:
+        return datetime.fromtimestamp(self.end, UTC)
+
+    @property
+    def events(self) -> int:
+        return self.profile.count
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """How the rows of one ``add`` were accounted for; they sum to the rows given."""
+
+    added: int = 0
+    late: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class _Slot(Generic[P]):
+    profile: P
+    min_offset: int
+
+
+@dataclass
+class _PartitionState(Generic[P]):
+    skip_through: int | None
+    watermark: float | None = None
+    position: int | None = None
+    caught_up: bool = False
+    slots: dict[WindowKey, _Slot[P]] = field(default_factory=dict)
+
+
+class WindowStore(Generic[P, B]):
+    """Open windows of the assigned partitions, their closing, and their checkpoints.
+
+    ``factory(key)`` makes the empty profile of a window; ``closed_keys`` is the ledger of
+    windows persisted by earlier runs. Call, per poll: ``revoke``/``assign`` for assignment
+    changes, ``add`` for decoded rows, ``advance`` for each partition's position, then
+    ``close_ready`` (persist what it returns), ``commit_offsets`` (commit them) and
+    ``paused_partitions`` (pause exactly those).
+    """
+
+    def __init__(
+        self,
+        *,
+        window: timedelta,
+        factory: Callable[[WindowKey], P],
+        lateness: timedelta = timedelta(0),
+        closed_keys: Iterable[WindowKey] = (),
+        time_mode: Literal["event", "processing"] = "event",
+        clock: Callable[[], float] = time.time,
+        max_windows_ahead: int = 3,
+    ) -> None:
+        size = window.total_seconds()
+        if size < 1 or size != int(size):
+            raise ValueError(f"window must be a whole number of seconds >= 1s, got {window}")
+        if lateness < timedelta(0):
+            raise ValueError(f"lateness must not be negative, got {lateness}")
+        if max_windows_ahead < 1:
+            raise ValueError(f"max_windows_ahead must be >= 1, got {max_windows_ahead}")
+        if time_mode not in ("event", "processing"):
+            raise ValueError(f"time_mode must be 'event' or 'processing', got {time_mode!r}")
+        self._size = int(size)
+        self._lateness = lateness.total_seconds()
+        self._factory = factory
+        self._ledger: set[WindowKey] = set(closed_keys)
+        self._processing = time_mode == "processing"
+        self._clock = clock
+        self._max_ahead = max_windows_ahead
+        self._partitions: dict[Partition, _PartitionState[P]] = {}
+        self._read_through: dict[Partition, int] = {}
+        self._closed_through: int | None = None
+
+    @property
+    def window_seconds(self) -> int:
+        return self._size
+
+    @property
+    def closed_through(self) -> int | None:
+        """End (epoch seconds) of the newest closed window; every earlier one is closed."""
+        return self._closed_through
+
+    @property
+    def partitions(self) -> frozenset[Partition]:
+        return frozenset(self._partitions)
+
+    @property
+    def open_windows(self) -> int:
+        """Open (model, segment, window) triples, over all partitions."""
+        return len({key for state in self._partitions.values() for key in state.slots})
+
+    def assign(self, partition: Partition, checkpoint: Checkpoint | None) -> None:
+        """Take ``partition`` on, resuming from its committed ``checkpoint`` (None: none)."""
+        if partition in self._partitions:
+            raise ValueError(f"partition {partition} is already assigned; revoke it first")
+        self._partitions[partition] = _PartitionState(
+            skip_through=None if checkpoint is None else checkpoint.closed_through
+        )
+
+    def revoke(self, partitions: Iterable[Partition]) -> None:
+        """Drop the open state of ``partitions``; their next owner re-reads it."""
+        for partition in partitions:
+            state = self._partitions.pop(partition, None)
+            if state is not None:
+                # Events from the oldest dropped one on were not handled here after all.
+                dropped = [slot.min_offset for slot in state.slots.values()]
+                self._read_through[partition] = min(
+                    [self._read_through.get(partition, 0), *dropped]
+                )
+
+    def add(
+        self,
+        partition: Partition,
+        model: str,
+        segment: str,
+        batch: B,
+        offsets: npt.ArrayLike,
+    ) -> AddResult:
+        """Route the rows of ``batch`` (read from ``partition`` at ``offsets``) to windows."""
+        state = self._state(partition)
+        n = len(batch)
+        offs = np.asarray(offsets, dtype=np.int64)
+        if offs.shape != (n,):
+            raise ValueError(f"got {offs.shape[0] if offs.ndim else 0} offsets for {n} rows")
+        if n == 0:
+            return AddResult()
+        if self._processing:
+            times = np.full(n, self._clock(), dtype=np.float64)
+        else:
+            times = np.asarray(batch.timestamps, dtype=np.float64)
+            if not np.isfinite(times).all():
+                raise ValueError("event timestamps must be finite; reject such events first")
+            top = float(times.max())
+            state.watermark = top if state.watermark is None else max(state.watermark, top)
+        starts = np.floor(times / self._size).astype(np.int64) * self._size
+        ends = starts + self._size
+
+        skipped = np.zeros(n, dtype=bool)
+        if state.skip_through is not None:
+            skipped |= ends <= state.skip_through
+        late = np.zeros(n, dtype=bool)
+        if self._closed_through is not None:
+            closed = ends <= self._closed_through
+            skipped |= closed & (offs < self._read_through.get(partition, 0))
+            late = closed & ~skipped
+        self._read_through[partition] = max(
+            self._read_through.get(partition, 0), int(offs.max()) + 1
+        )
+
+        keep = ~(skipped | late)
+        added = 0
+        for start in np.unique(starts[keep]).tolist():
+            key = WindowKey(model, segment, int(start))
+            rows = np.flatnonzero(keep & (starts == start))
+            if key in self._ledger:
+                skipped[rows] = True
+                continue
+            slot = state.slots.get(key)
+            low = int(offs[rows].min())
+            if slot is None:
+                slot = state.slots[key] = _Slot(self._factory(key), low)
+            else:
+                slot.min_offset = min(slot.min_offset, low)
+            slot.profile.update(batch if rows.size == n else batch.take(rows))
+            added += int(rows.size)
+        return AddResult(added=added, late=int(late.sum()), skipped=int(skipped.sum()))
+
+    def advance(self, partition: Partition, position: int, *, caught_up: bool) -> None:
+        """Record the consumer's position after this poll's records were added.
+
+        ``caught_up``: the partition has no backlog (position at its high watermark, or at its
+        stop offset under ``--until-end``), so it no longer holds the global watermark back.
+        """
+        state = self._state(partition)
+        state.position = position
+        state.caught_up = caught_up
+        self._read_through[partition] = max(self._read_through.get(partition, 0), position)
+
+    def watermark(self) -> float | None:
+        """The global watermark (epoch seconds); None until every lagging partition has data."""
+        if self._processing:
+            return self._clock()
+        lagging = [s.watermark for s in self._partitions.values() if not s.caught_up]
+        if lagging:
+            return None if None in lagging else min(w for w in lagging if w is not None)
+        marks = [s.watermark for s in self._partitions.values() if s.watermark is not None]
+        return max(marks) if marks else None
+
+    def close_ready(self) -> list[ClosedWindow[P]]:
+        """Close, in time order, every window the global watermark has passed by ``lateness``."""
+        mark = self.watermark()
+        if mark is None:
+            return []
+        through = math.floor((mark - self._lateness) / self._size) * self._size
+        if self._closed_through is not None and through <= self._closed_through:
+            return []
+        self._closed_through = through
+        return self._close(lambda key: key.start + self._size <= through)
+
+    def close_all(self) -> list[ClosedWindow[P]]:
+        """Close every open window (end of ``--until-end`` or of a replay), in time order."""
+        closed = self._close(lambda key: True)
+        if closed:
+            newest = max(window.end for window in closed)
+            if self._closed_through is None or newest > self._closed_through:
+                self._closed_through = newest
+        return closed
+
+    def commit_offsets(self) -> dict[Partition, Checkpoint]:
+        """Per partition with a known position, the checkpoint it is safe to commit now."""
+        checkpoints: dict[Partition, Checkpoint] = {}
+        for partition, state in self._partitions.items():
+            if state.position is None:
+                continue
+            offset = min([s.min_offset for s in state.slots.values()] + [state.position])
+            known = [t for t in (self._closed_through, state.skip_through) if t is not None]
+            checkpoints[partition] = Checkpoint(offset, max(known) if known else None)
+        return checkpoints
+
+    def paused_partitions(self) -> frozenset[Partition]:
+        """Partitions more than ``max_windows_ahead`` windows ahead of the global watermark."""
+        mark = None if self._processing else self.watermark()
+        if mark is None:
+            return frozenset()
+        limit = mark + self._max_ahead * self._size
+        return frozenset(
+            partition
+            for partition, state in self._partitions.items()
+            if state.watermark is not None and state.watermark > limit
+        )
+
+    def _state(self, partition: Partition) -> _PartitionState[P]:
+        try:
+            return self._partitions[partition]
+        except KeyError:
+            raise ValueError(f"partition {partition} is not assigned; assign() it first") from None
+
+    def _close(self, ready: Callable[[WindowKey], bool]) -> list[ClosedWindow[P]]:
+        parts: dict[WindowKey, list[P]] = {}
+        for partition in sorted(self._partitions):
+            slots = self._partitions[partition].slots
+            for key in [key for key in slots if ready(key)]:
+                parts.setdefault(key, []).append(slots.pop(key).profile)
+        self._ledger.update(parts)
+        return [
+            ClosedWindow(key, key.start + self._size, functools.reduce(_merge, parts[key]))
+            for key in sorted(parts, key=lambda k: (k.start, k.model, k.segment))
+        ]
+
+
+def _merge(left: P, right: P) -> P:
+    return left.merge(right)

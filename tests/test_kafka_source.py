@@ -1,0 +1,252 @@
+"""KafkaSource against a real broker (Tansu unless KAFKA_BOOTSTRAP_SERVERS is set): group join,
+commits with metadata, lag, end offsets, pause/resume, rebalances."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from agent.checkpoint import Checkpoint
+from agent.kafka_source import KafkaSettings, KafkaSource, Poll, RawRecord, _changes
+from tests.broker import new_topic, produce
+
+pytestmark = pytest.mark.kafka
+
+ON_TANSU = not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+JOIN_TIMEOUT_S = 30.0
+
+
+def settings(bootstrap: str, topic: str, group: str | None = None, **kw: object) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=bootstrap,
+        topics=[topic],
+        group_id=group or f"g-{uuid.uuid4().hex[:8]}",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def poll_until(
+    source: KafkaSource, done: Callable[[list[Poll]], bool], timeout_s: float = JOIN_TIMEOUT_S
+) -> list[Poll]:
+    """Poll until ``done(polls so far)``; fails after ``timeout_s`` instead of hanging."""
+    polls: list[Poll] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(polls):
+        assert time.monotonic() < deadline, f"condition not met in {timeout_s} s: {polls}"
+        polls.append(source.poll(timeout_ms=200))
+    return polls
+
+
+def records(polls: list[Poll]) -> list[RawRecord]:
+    return [r for p in polls for r in p.records]
+
+
+def test_changes_keep_only_partitions_whose_position_survived() -> None:
+    a, b, c = (TopicPartition("t", i) for i in range(3))
+    none: frozenset[TopicPartition] = frozenset()
+    # initial join
+    assert _changes(none, [("revoked", none), ("assigned", frozenset({a, b}))], frozenset({a, b}))
+    assert _changes(
+        none, [("revoked", none), ("assigned", frozenset({a, b}))], frozenset({a, b})
+    ) == (none, {a, b})
+    # eager rebalance: all revoked, a given back with its position kept
+    events = [("revoked", frozenset({a, b})), ("assigned", frozenset({a, c}))]
+    assert _changes(frozenset({a, b}), events, frozenset({a, c})) == ({b}, {c})
+    # eviction: lost partitions restart from the committed offset even if given back
+    events = [("lost", frozenset({a, b})), ("assigned", frozenset({a, b}))]
+    assert _changes(frozenset({a, b}), events, frozenset({a, b})) == ({a, b}, {a, b})
+    # two generations in one poll: a left, then came back with fresh state
+    events = [
+        ("revoked", frozenset({a})),
+        ("assigned", none),
+        ("revoked", none),
+        ("assigned", frozenset({a})),
+    ]
+    assert _changes(frozenset({a}), events, frozenset({a})) == ({a}, {a})
+
+
+def test_group_join_records_and_commit_metadata_round_trip(kafka_bootstrap: str) -> None:
+    topic = new_topic(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, [(i % 2, b"v%d" % i, 1_000 + i) for i in range(10)])
+    cfg = settings(kafka_bootstrap, topic)
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    started = time.monotonic()
+    with KafkaSource(cfg) as source:
+        polls = poll_until(source, lambda ps: len(records(ps)) == 10)
+        joined_s = time.monotonic() - started
+        assert joined_s < 10, f"group join took {joined_s:.1f} s"
+        assert source.assignment() == {p0, p1}
+        assigned = {tp: c for p in polls for tp, c in p.assigned.items()}
+        assert assigned == {p0: None, p1: None}  # never committed
+        got = sorted(records(polls), key=lambda r: (r.partition, r.offset))
+        assert got[0] == RawRecord(topic, 0, 0, 1_000, b"v0")
+        assert [(r.partition, r.offset) for r in got] == [(p, o) for p in (0, 1) for o in range(5)]
+        meta = Checkpoint(3, 1_700_000_000).metadata()
+        assert source.commit({p0: (3, meta), p1: (5, "")})
+        offset, stored = source.committed(p0) or (None, None)
+        assert offset == 3
+        if ON_TANSU:
+            assert stored is None  # Tansu 0.6 does not keep commit metadata
+        else:
+            assert stored == meta
+        assert Checkpoint.from_committed(source.committed(p0)) in (
+            Checkpoint(3, 1_700_000_000),
+            Checkpoint(3, None),
+        )
+    with KafkaSource(cfg) as again:  # a restart resumes from the commit
+        polls = poll_until(again, lambda ps: len(records(ps)) == 2)
+        assert {tp: c and c[0] for p in polls for tp, c in p.assigned.items()} == {p0: 3, p1: 5}
+        assert [(r.partition, r.offset) for r in records(polls)] == [(0, 3), (0, 4)]
+
+
+def test_progress_gives_lag_from_the_high_watermark(kafka_bootstrap: str) -> None:
+    topic = new_topic(kafka_bootstrap, 1)
+    tp = TopicPartition(topic, 0)
+    produce(kafka_bootstrap, topic, [(0, b"x", None)] * 3)
+    with KafkaSource(settings(kafka_bootstrap, topic, max_poll_records=2)) as source:
+        poll_until(source, lambda ps: len(records(ps)) == 3)
+        progress = source.progress()[tp]
+        assert (progress.position, progress.highwater, progress.lag) == (3, 3, 0)
+        assert progress.caught_up
+        produce(kafka_bootstrap, topic, [(0, b"y", None)] * 5)
+        polls = poll_until(source, lambda ps: len(records(ps)) > 0)
+        progress = source.progress()[tp]
+        assert progress.highwater == 8
+        assert progress.lag == 8 - progress.position == 8 - 3 - len(records(polls))
+        assert not progress.caught_up
+
+
+def test_end_offsets_are_exact_with_multi_record_batches(kafka_bootstrap: str) -> None:
+    topic = new_topic(kafka_bootstrap, 2)
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    produce(kafka_bootstrap, topic, [(0, b"a", None)] * 7 + [(1, b"b", None)] * 4)
+    produce(kafka_bootstrap, topic, [(1, b"c", None)], batch=False)
+    if ON_TANSU:  # the reason end_offsets() also fetches: ListOffsets falls short on Tansu
+        raw = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+        try:
+            listed = raw.end_offsets(tps)
+        finally:
+            raw.close()
+        assert listed[tps[0]] < 7
+    with KafkaSource(settings(kafka_bootstrap, topic)) as source:
+        assert source.end_offsets() == {tps[0]: 7, tps[1]: 5}
+        assert source.end_offsets([tps[1]]) == {tps[1]: 5}
+
+
+def test_until_end_stops_at_the_end_offsets_seen_at_start(kafka_bootstrap: str) -> None:
+    topic = new_topic(kafka_bootstrap, 2)
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    produce(kafka_bootstrap, topic, [(i % 2, b"old", None) for i in range(7)])
+    with KafkaSource(settings(kafka_bootstrap, topic), until_end=True) as source:
+        assert source.stop_offsets == {tps[0]: 4, tps[1]: 3}
+        produce(kafka_bootstrap, topic, [(i % 2, b"new", None) for i in range(6)])
+        polls = poll_until(source, lambda ps: source.finished())
+        got = records(polls)
+        assert sorted((r.partition, r.offset) for r in got) == [
+            (0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)
+        ]  # fmt: skip
+        assert {r.value for r in got} == {b"old"}
+        progress = source.progress()
+        assert {tp: p.position for tp, p in progress.items()} == {tps[0]: 4, tps[1]: 3}
+        assert all(p.caught_up for p in progress.values())
+        assert source.paused() == set(tps)
+        source.set_paused([])  # finished partitions stay paused
+        assert source.paused() == set(tps)
+        assert not records([source.poll(timeout_ms=300)])
+
+
+def test_pause_and_resume_for_backpressure(kafka_bootstrap: str) -> None:
+    topic = new_topic(kafka_bootstrap, 2)
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    with KafkaSource(settings(kafka_bootstrap, topic)) as source:
+        poll_until(source, lambda ps: bool(source.assignment()))
+        source.set_paused([p0])
+        assert source.paused() == {p0}
+        produce(kafka_bootstrap, topic, [(0, b"a", None)] * 3 + [(1, b"b", None)] * 3)
+        polls = poll_until(source, lambda ps: len(records(ps)) == 3)
+        assert {r.partition for r in records(polls)} == {1}
+        assert not source.progress()[p0].caught_up  # paused: its high watermark is stale
+        source.resume(p0)
+        polls = poll_until(source, lambda ps: len(records(ps)) == 3)
+        assert {r.partition for r in records(polls)} == {0}
+        source.pause(p1)
+        source.set_paused([])
+        assert source.paused() == set()
+
+
+def test_rebalance_changes_reach_the_main_loop(kafka_bootstrap: str) -> None:
+    topic = new_topic(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, [(i % 2, b"%d" % i, None) for i in range(20)])
+    cfg = settings(kafka_bootstrap, topic, max_poll_records=2)
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    first = KafkaSource(cfg)
+    seen: list[Poll] = poll_until(first, lambda ps: len(records(ps)) >= 4)
+    assert first.commit({p0: (1, ""), p1: (1, "")})
+
+    second_polls: list[Poll] = []
+    stop = threading.Event()
+
+    def run_second() -> None:
+        with KafkaSource(cfg) as second:
+            while not stop.is_set():
+                second_polls.append(second.poll(timeout_ms=200))
+
+    thread = threading.Thread(target=run_second)
+    thread.start()
+    try:
+        seen += poll_until(first, lambda ps: any(p.revoked for p in ps))
+        poll_until(first, lambda ps: True if len(first.assignment()) == 1 else False)
+        kept = next(iter(first.assignment()))
+        given = ({p0, p1} - {kept}).pop()
+        assert [p.revoked for p in seen if p.revoked] == [frozenset({given})]
+        assert all(kept not in p.assigned for p in seen[1:])  # kept its position
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not any(p.assigned for p in second_polls):
+            assert time.monotonic() < deadline
+            first.poll(timeout_ms=200)
+        assert {tp: c for p in second_polls for tp, c in p.assigned.items()} == {given: (1, None)} or {
+            tp: c for p in second_polls for tp, c in p.assigned.items()
+        } == {given: (1, "")}
+    finally:
+        stop.set()
+        thread.join()
+    # the second member left: the partition comes back, from its committed offset
+    polls = poll_until(first, lambda ps: any(p.assigned for p in ps))
+    back = {tp: c for p in polls for tp, c in p.assigned.items()}
+    assert list(back) == [given]
+    assert back[given] is not None and back[given][0] == 1
+    first.close()
+
+
+def test_blocking_commit_in_a_rebalance_listener_raises(kafka_bootstrap: str) -> None:
+    """Why KafkaSource only records rebalance events: the listener runs on the IO thread."""
+    topic = new_topic(kafka_bootstrap, 1)
+    errors: list[BaseException] = []
+
+    class Committing(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: object) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: object) -> None:
+            try:
+                consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(0, "", -1)})
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    consumer = KafkaConsumer(**settings(kafka_bootstrap, topic).consumer_config())
+    try:
+        consumer.subscribe([topic], listener=Committing())
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not consumer.assignment():
+            assert time.monotonic() < deadline
+            consumer.poll(timeout_ms=200)
+    finally:
+        consumer.close(autocommit=False)
+    assert len(errors) == 1 and "IO thread" in str(errors[0])

@@ -1,0 +1,7 @@
+"""placeholder"""
+
+import sketches
+
+
+def test_import() -> None:
+    assert sketches.__file__

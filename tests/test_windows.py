@@ -1,0 +1,351 @@
+"""WindowStore: closing order, lateness, skip rules, commit offsets, revocation, pausing, and
+exactly-once accounting across simulated SIGKILLs."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from agent.checkpoint import Checkpoint
+from agent.windows import AddResult, ClosedWindow, WindowKey, WindowStore, parse_duration
+from sketches.batch import EventBatch
+
+P0 = ("events", 0)
+P1 = ("events", 1)
+MINUTE = timedelta(minutes=1)
+
+
+@dataclass
+class IdProfile:
+    """Counts events and remembers which: row ids ride in the first embedding column."""
+
+    ids: list[int] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def update(self, batch: EventBatch) -> None:
+        self.ids.extend(int(i) for i in batch.embeddings[:, 0])
+
+    def merge(self, other: IdProfile) -> IdProfile:
+        return IdProfile(self.ids + other.ids)
+
+
+def rows(times: list[float], ids: list[int] | None = None) -> EventBatch:
+    ids = list(range(len(times))) if ids is None else ids
+    return EventBatch(np.array([[i] for i in ids], np.float32).reshape(-1, 1), np.array(times))
+
+
+def store(**kwargs: object) -> WindowStore[IdProfile, EventBatch]:
+    options: dict[str, object] = {"window": MINUTE, "factory": lambda key: IdProfile()}
+    options.update(kwargs)
+    return WindowStore(**options)  # type: ignore[arg-type]
+
+
+def feed(
+    s: WindowStore[IdProfile, EventBatch],
+    partition: tuple[str, int],
+    times: list[float],
+    first_offset: int,
+    *,
+    model: str = "m",
+    caught_up: bool = False,
+) -> AddResult:
+    offsets = list(range(first_offset, first_offset + len(times)))
+    result = s.add(partition, model, "", rows(times, offsets), offsets)
+    s.advance(partition, first_offset + len(times), caught_up=caught_up)
+    return result
+
+
+def summary(windows: list[ClosedWindow[IdProfile]]) -> list[tuple[str, int, list[int]]]:
+    return [(w.key.model, w.key.start, sorted(w.profile.ids)) for w in windows]
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30s") == timedelta(seconds=30)
+    assert parse_duration("5m") == timedelta(minutes=5)
+    assert parse_duration("1h") == timedelta(hours=1)
+    assert parse_duration("1d") == timedelta(days=1)
+    assert parse_duration("7d") == timedelta(days=7)
+    assert parse_duration("250ms") == timedelta(milliseconds=250)
+    assert parse_duration("0") == timedelta(0)
+    for bad in ("", "5", "1y", "-1s", "1 day", "m5"):
+        with pytest.raises(ValueError, match="cannot read duration"):
+            parse_duration(bad)
+
+
+def test_window_must_be_whole_seconds() -> None:
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        store(window=timedelta(milliseconds=1500))
+
+
+def test_windows_close_in_time_order_merging_partitions() -> None:
+    s = store()
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [5, 70, 130], 0)
+    assert s.close_ready() == []  # P1 has shown no event time yet: no watermark
+    feed(s, P1, [10, 65], 0, model="n")
+    feed(s, P1, [125], 2, model="n")
+    closed = s.close_ready()  # watermark = min(130, 125)
+    assert summary(closed) == [("m", 0, [0]), ("n", 0, [0]), ("m", 60, [1]), ("n", 60, [1])]
+    assert s.closed_through == 120
+    assert [w.start_time for w in closed[:1]] == [datetime(1970, 1, 1, tzinfo=UTC)]
+    assert closed[0].end_time == datetime(1970, 1, 1, 0, 1, tzinfo=UTC)
+    assert closed[0].events == 1
+    feed(s, P0, [131], 3, caught_up=True)
+    feed(s, P1, [170, 185], 3, model="n", caught_up=True)
+    # all caught up: the watermark is the largest, 185
+    assert summary(s.close_ready()) == [("m", 120, [2, 3]), ("n", 120, [2, 3])]
+    assert summary(s.close_all()) == [("n", 180, [4])]
+    assert s.closed_through == 240
+    assert s.open_windows == 0
+
+
+def test_lateness_delays_closing_and_late_events_are_counted_not_added() -> None:
+    s = store(lateness=timedelta(seconds=30))
+    s.assign(P0, None)
+    feed(s, P0, [10, 75], 0)
+    assert s.close_ready() == []  # 75 < 60 + 30
+    assert feed(s, P0, [50], 2) == AddResult(added=1)  # window [0, 60) still open
+    feed(s, P0, [95], 3)
+    assert summary(s.close_ready()) == [("m", 0, [0, 2])]
+    assert feed(s, P0, [59, 61], 4) == AddResult(added=1, late=1)
+    assert summary(s.close_all()) == [("m", 60, [1, 3, 5])]
+
+
+def test_caught_up_partition_does_not_hold_the_watermark_back() -> None:
+    s = store()
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [5], 0, caught_up=True)
+    s.advance(P1, 0, caught_up=False)
+    assert s.watermark() is None  # P1 has a backlog but no event time yet
+    feed(s, P1, [200], 0)
+    assert s.watermark() == 200
+    assert summary(s.close_ready()) == [("m", 0, [0])]
+    assert feed(s, P0, [100], 1) == AddResult(late=1)  # P0 did not hold time back
+
+
+def test_commit_offsets_hold_back_to_open_windows() -> None:
+    s = store()
+    s.assign(P0, Checkpoint(0, None))
+    s.assign(P1, None)
+    assert s.commit_offsets() == {}  # no position known yet
+    feed(s, P0, [10, 130, 20, 80], 0)
+    feed(s, P1, [], 0, caught_up=True)
+    assert s.commit_offsets() == {P0: Checkpoint(0, None), P1: Checkpoint(0, None)}
+    feed(s, P0, [125], 4)
+    assert summary(s.close_ready()) == [("m", 0, [0, 2]), ("m", 60, [3])]
+    assert s.commit_offsets()[P0] == Checkpoint(1, 120)  # offset 1 (t=130) is still open
+    feed(s, P0, [190], 5)
+    s.close_ready()
+    assert s.commit_offsets()[P0] == Checkpoint(5, 180)
+    s.close_all()
+    assert s.commit_offsets() == {P0: Checkpoint(6, 240), P1: Checkpoint(0, 240)}
+    assert Checkpoint.parse(6, s.commit_offsets()[P0].metadata()) == Checkpoint(6, 240)
+
+
+def test_restart_skips_windows_before_the_checkpoint_and_in_the_ledger() -> None:
+    s = store(closed_keys=[WindowKey.of("m", "", datetime(1970, 1, 1, 0, 2, tzinfo=UTC))])
+    s.assign(P0, Checkpoint(0, 60))
+    result = feed(s, P0, [10, 59, 61, 125, 130, 190], 0)
+    assert result == AddResult(added=2, skipped=4)  # [0, 60) by T, [120, 180) by the ledger
+    assert summary(s.close_all()) == [("m", 60, [2]), ("m", 180, [5])]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        WindowKey.of("m", "", datetime(1970, 1, 1))
+
+
+def test_revoke_drops_state_and_reread_of_closed_windows_is_skipped_not_late() -> None:
+    s = store()
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [10, 70], 0)
+    feed(s, P1, [20, 130], 0)
+    assert summary(s.close_ready()) == [("m", 0, [0, 0])]
+    s.revoke([P0])
+    assert s.partitions == {P1}
+    with pytest.raises(ValueError, match="not assigned"):
+        feed(s, P0, [80], 2)
+    feed(s, P1, [135], 2, caught_up=True)
+    assert s.close_ready() == []  # [60, 120) closes without P0's dropped event
+    assert s.closed_through == 120
+    s.assign(P0, Checkpoint(0, None))  # back again, re-read from the committed offset
+    with pytest.raises(ValueError, match="already assigned"):
+        s.assign(P0, None)
+    # t=10 was in the persisted [0, 60): skipped; t=70 was dropped and missed its window: late
+    assert feed(s, P0, [10, 70, 140], 0) == AddResult(added=1, late=1, skipped=1)
+    assert feed(s, P0, [30], 3) == AddResult(late=1)  # never read before: late
+
+
+def test_revoked_partition_never_reaches_a_closed_window() -> None:
+    s = store()
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [10, 20], 0, caught_up=True)
+    feed(s, P1, [30], 0)
+    s.revoke([P1])
+    closed = s.close_all()
+    assert summary(closed) == [("m", 0, [0, 1])]
+
+
+def test_partition_far_ahead_is_paused_until_the_watermark_catches_up() -> None:
+    s = store(max_windows_ahead=2)
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [0], 0)
+    feed(s, P1, [0, 60, 120], 0)
+    assert s.paused_partitions() == frozenset()  # 120 <= 0 + 2 windows
+    feed(s, P1, [121], 3)
+    assert s.paused_partitions() == {P1}
+    feed(s, P0, [0.5], 1)
+    assert s.paused_partitions() == {P1}
+    feed(s, P0, [61], 2)
+    assert s.paused_partitions() == frozenset()
+    s.close_ready()
+    assert s.open_windows == 2  # [60, 120) and [120, 180)
+
+
+def test_processing_time_windows_by_the_clock() -> None:
+    now = [1000.0]
+    s = store(time_mode="processing", clock=lambda: now[0])
+    s.assign(P0, None)
+    assert feed(s, P0, [5, 6], 0) == AddResult(added=2)  # event times ignored
+    assert s.close_ready() == []
+    now[0] = 1021.0
+    feed(s, P0, [7], 2)
+    assert summary(s.close_ready()) == [("m", 960, [0, 1])]
+    assert s.paused_partitions() == frozenset()
+    assert summary(s.close_all()) == [("m", 1020, [2])]
+
+
+# --- exactly once across SIGKILLs -------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+Logs = dict[tuple[str, int], list[tuple[int, float, str]]]  # (id, event time, model)
+
+
+@dataclass
+class World:
+    """What survives a SIGKILL: the persisted windows and the committed offsets."""
+
+    logs: Logs
+    keep_metadata: bool
+    persisted: list[ClosedWindow[IdProfile]] = field(default_factory=list)
+    committed: dict[tuple[str, int], tuple[int, str | None]] = field(default_factory=dict)
+    late: int = 0
+
+
+def run_until_killed(world: World, fuse: int, rng: random.Random) -> bool:
+    """One agent life: True when it consumed everything, False when SIGKILLed after ``fuse`` steps."""
+
+    def step() -> None:
+        nonlocal fuse
+        fuse -= 1
+        if fuse < 0:
+            raise Killed
+
+    s = store(lateness=timedelta(seconds=20), closed_keys=[w.key for w in world.persisted])
+    positions = {}
+    for tp in world.logs:
+        s.assign(tp, Checkpoint.from_committed(world.committed.get(tp)))
+        positions[tp] = world.committed.get(tp, (0, None))[0]
+
+    def persist_and_commit(closed: list[ClosedWindow[IdProfile]]) -> None:
+        for window in closed:
+            world.persisted.append(window)
+            step()
+        for tp, c in s.commit_offsets().items():  # a kill may land between partitions
+            world.committed[tp] = (c.offset, c.metadata() if world.keep_metadata else None)
+            step()
+
+    try:
+        paused: frozenset[tuple[str, int]] = frozenset()
+        while True:
+            for tp, log in world.logs.items():
+                if tp in paused:
+                    continue
+                chunk = log[positions[tp] : positions[tp] + rng.randint(1, 7)]
+                for model in ("a", "b"):
+                    picked = [(positions[tp] + i, e) for i, e in enumerate(chunk) if e[2] == model]
+                    if picked:
+                        batch = rows([e[1] for _, e in picked], [e[0] for _, e in picked])
+                        world.late += s.add(tp, model, "", batch, [o for o, _ in picked]).late
+                positions[tp] += len(chunk)
+            for tp, log in world.logs.items():
+                s.advance(tp, positions[tp], caught_up=positions[tp] == len(log))
+            step()
+            persist_and_commit(s.close_ready())
+            paused = s.paused_partitions()
+            if all(positions[tp] == len(log) for tp, log in world.logs.items()):
+                persist_and_commit(s.close_all())
+                return True
+    except Killed:
+        return False
+
+
+def make_logs(rng: random.Random, late_every: int) -> tuple[Logs, set[int]]:
+    """Three partitions of 150 events; every ``late_every``-th falls far behind (may be late)."""
+    logs: Logs = {}
+    behind: set[int] = set()
+    next_id = 0
+    for p in range(3):
+        t = p * 250 + rng.uniform(0, 100)  # later partitions start windows ahead
+        log = []
+        for i in range(150):
+            t += rng.uniform(0, 6)
+            when = t - rng.uniform(0, 15)  # disorder within the lateness
+            if late_every and i % late_every == late_every - 1:
+                when = t - rng.uniform(100, 300)
+                behind.add(next_id)
+            log.append((next_id, max(when, 0.0), rng.choice("ab")))
+            next_id += 1
+        logs[("events", p)] = log
+    return logs, behind
+
+
+def survive(world: World, rng: random.Random) -> list[int]:
+    """Kill and restart the agent until it consumed everything; the ids in persisted windows."""
+    lives = 1
+    while not run_until_killed(world, rng.randint(0, 80), rng):
+        lives += 1
+        assert lives < 1000, "no progress across restarts"
+    keys = [w.key for w in world.persisted]
+    assert len(keys) == len(set(keys)), "a window was persisted twice"
+    counted = [i for w in world.persisted for i in w.profile.ids]
+    assert len(counted) == len(set(counted)), "an event was counted twice"
+    return counted
+
+
+@pytest.mark.parametrize("keep_metadata", [True, False], ids=["metadata", "no-metadata"])
+@pytest.mark.parametrize("seed", range(12))
+def test_sigkill_at_any_step_neither_loses_nor_double_counts(
+    seed: int, keep_metadata: bool
+) -> None:
+    rng = random.Random(seed)
+    logs, _ = make_logs(rng, late_every=0)
+    world = World(logs, keep_metadata)
+    assert sorted(survive(world, rng)) == list(range(450)), "an event was lost"
+    assert world.late == 0
+
+
+@pytest.mark.parametrize("keep_metadata", [True, False], ids=["metadata", "no-metadata"])
+@pytest.mark.parametrize("seed", range(6))
+def test_sigkill_with_late_events_loses_only_late_ones(seed: int, keep_metadata: bool) -> None:
+    rng = random.Random(1000 + seed)
+    logs, behind = make_logs(rng, late_every=10)
+    world = World(logs, keep_metadata)
+    counted = set(survive(world, rng))
+    assert set(range(450)) - behind <= counted, "an event that was not late was lost"
+    missing = behind - counted
+    assert missing, "the scenario should produce late events"
+    assert world.late > 0
