@@ -168,6 +168,24 @@ def _without_version(profile_bytes: bytes) -> bytes:
     return profile.to_bytes()
 
 
+def _finite(vectors: npt.ArrayLike) -> F32:
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ReferenceError_("reference vectors contain NaN or Inf; clean them first")
+    return x
+
+
+def _labels(
+    labels: Sequence[str] | npt.NDArray[Any] | None, rows: int
+) -> npt.NDArray[np.str_] | None:
+    if labels is None:
+        return None
+    y = np.asarray([str(v) for v in labels])
+    if y.shape[0] != rows:
+        raise ReferenceError_(f"{rows} vectors but {y.shape[0]} labels")
+    return y
+
+
 def _split(
     rows: int, labels: npt.NDArray[np.str_] | None, holdout: float, profile_share: float, seed: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
@@ -242,33 +260,38 @@ def build_reference(
     sizes: Sequence[int] = DEFAULT_SIZES,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    fit_rows: EventBatch | None = None,
+    fit_labels: Sequence[str] | npt.NDArray[Any] | None = None,
 ) -> Reference:
     """Build a reference from training rows (embeddings, and tokens/predictions if any).
 
     ``labels`` (one per row) drive ``pca-centroids`` and stratify the split; ``manual`` takes
-    ``centroids`` (and optional ``centroid_labels``) instead of fitting them.
+    ``centroids`` (and optional ``centroid_labels``) instead of fitting them. Pass ``fit_rows``
+    (and ``fit_labels``), e.g. the model's training set, to fit the PCA and centroids on them;
+    ``batch`` is then split into profile and holdout rows only.
     """
-    x = np.ascontiguousarray(batch.embeddings, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ReferenceError_("reference vectors contain NaN or Inf; clean them first")
-    y = None if labels is None else np.asarray([str(v) for v in labels])
-    if y is not None and y.shape[0] != x.shape[0]:
-        raise ReferenceError_(f"{x.shape[0]} vectors but {y.shape[0]} labels")
-    fit, prof, hold = _split(x.shape[0], y, holdout, profile_share, seed)
-    if min(len(fit), len(prof), len(hold)) < 20:
+    x = _finite(batch.embeddings)
+    y = _labels(labels, x.shape[0])
+    if fit_rows is None:
+        fit, prof, hold = _split(x.shape[0], y, holdout, profile_share, seed)
+        x_fit, y_fit = x[fit], None if y is None else y[fit]
+    else:
+        share = holdout / (holdout + profile_share)
+        fit, prof, hold = _split(x.shape[0], y, share, 1.0 - share, seed)
+        x_fit = _finite(fit_rows.embeddings)
+        y_fit = _labels(fit_labels, x_fit.shape[0])
+    if min(x_fit.shape[0], len(prof), len(hold)) < 20:
         raise ReferenceError_(
             f"{x.shape[0]} rows are too few: each of the fit/profile/holdout parts needs at least 20"
         )
-    mean, comps = fit_pca(x[fit], components, seed)
+    mean, comps = fit_pca(x_fit, components, seed)
     if method == "manual":
         if centroids is None:
             raise ReferenceError_("method manual needs a centroids matrix (--centroids FILE.npy)")
         cents = np.asarray(centroids, dtype=np.float32)
         names = list(centroid_labels or [f"centroid-{i}" for i in range(cents.shape[0])])
     else:
-        cents, names = _centroids(
-            method, x[fit], None if y is None else y[fit], mean, comps, clusters, distance, seed
-        )
+        cents, names = _centroids(method, x_fit, y_fit, mean, comps, clusters, distance, seed)
     space = EmbeddingSpace(cents, tuple(names), distance, mean, comps)
     draft = WindowProfile.empty(space, "")
     draft.update(batch.take(prof))
@@ -288,7 +311,7 @@ def build_reference(
     version = _content_hash(space, calibration, statistic, draft.to_bytes())
     draft.reference_version = version
     info = {
-        "rows": {"fit": len(fit), "profile": len(prof), "holdout": len(hold)},
+        "rows": {"fit": int(x_fit.shape[0]), "profile": len(prof), "holdout": len(hold)},
         "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
     return Reference(space, draft, calibration, statistic, method, cast(dict[str, Any], info))
