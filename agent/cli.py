@@ -16,6 +16,7 @@ from sketches.errors import EmbmonError
 from sketches.reference import METHODS, Method, Reference, build_reference
 
 from .config import add_settings_flags
+from .fields import FieldMap
 from .progress import Progress
 from .windows import parse_duration
 
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--input", required=True, help=".npy matrix, or .jsonl/.parquet events")
     build.add_argument("--labels", help=".npy (or one-per-line .txt) labels of the .npy rows")
+    build.add_argument(
+        "--field", action="append", default=[], help="event field mapping NAME=PATH (events input)"
+    )
     build.add_argument(
         "--label-field", default="target", help="event field holding the label (events input)"
     )
@@ -92,9 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _field_map(pairs: list[str]) -> FieldMap:
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise EmbmonError(f"--field takes NAME=PATH, got {bad[0]!r}")
+    return FieldMap.from_mapping(dict(pair.split("=", 1) for pair in pairs))
+
+
 def _load_labels(path: str) -> np.ndarray[Any, Any]:
     if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
+        return np.asarray(np.load(path, allow_pickle=False)).astype(str)
     return np.asarray(Path(path).read_text().splitlines())
 
 
@@ -105,7 +116,9 @@ def _reference_build(args: argparse.Namespace) -> int:
         batch = EventBatch.from_vectors(np.load(args.input, allow_pickle=False))
         labels = None if args.labels is None else _load_labels(args.labels)
     else:
-        events = load_events(args.input, label_field=args.label_field)
+        events = load_events(
+            args.input, fields=_field_map(args.field), label_field=args.label_field
+        )
         if events.rejects:
             print(f"skipped bad events: {dict(events.rejects)}", file=sys.stderr)
         batch = EventBatch(
@@ -151,11 +164,10 @@ def _reference_build(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from exporters.table import HEADER, format_row
 
-    from .fields import FieldMap
     from .replay import replay
 
     reference = Reference.load(args.reference)
-    fields = FieldMap.from_mapping(dict(item.split("=", 1) for item in args.field))
+    fields = _field_map(args.field)
     if not args.quiet:
         print(HEADER)
     summary = replay(

@@ -70,12 +70,14 @@ _MAX_PER_TOPIC = 110  # trivia has 261 conversations, money 30: keep classes wit
 class Scenario:
     """Everything the demo needs: the reference's inputs and the days to replay.
 
-    ``train_vectors``/``train_labels`` feed ``embmon reference build``; ``reference_events``
-    are the held-out English documents, each once (never trained on), to calibrate thresholds
-    on; ``days[i]`` are the events of the day starting at ``day_starts[i]``, in time order.
-    English events are drawn from those same held-out documents: with a corpus this small,
-    a separate production pool would differ from the calibration pool by its sampling alone,
-    and the English days would alarm.
+    ``train_vectors``/``train_labels`` fit the reference's PCA and centroids (``embmon
+    reference build``); ``reference_events`` are English events drawn from the held-out
+    documents (never trained on) to profile the reference and calibrate its thresholds on;
+    ``days[i]`` are the events of the day starting at ``day_starts[i]``, in time order.
+    English traffic is drawn from the same held-out documents: with a corpus this small, a
+    separate pool would differ from the reference by its sampling alone and English days
+    would alarm; and a large sample (not each document once) keeps the reference profile's
+    own noise, hence the calibrated thresholds, small.
     """
 
     train_vectors: npt.NDArray[np.float32]
@@ -115,17 +117,23 @@ def build_scenario(
     model: str = "news",
     spanish_shares: Sequence[float] = LANGUAGE_PERTURBATION_RATIO,
     max_features: int = 1024,
+    reference_size: int = 2000,
 ) -> Scenario:
     """Train the seed's classifier on English topics and generate one event list per day.
 
     Each day draws about ``docs_per_day`` documents (times a random 0.8-1.0 volume factor,
     as in the seed), ``int(n * share)`` of them Spanish, the rest held-out English.
     Topics follow the training prior in both languages, so only the language drifts.
+    ``reference_size`` English events, drawn the same way on the day before, are the sample
+    the reference profile and its thresholds are built from.
     ``start`` is the first day's UTC midnight; by default the days end at today's midnight.
     The result depends only on the arguments (and on today's date when ``start`` is None).
     """
-    if docs_per_day < 1:
-        raise ValueError(f"docs_per_day must be at least 1, got {docs_per_day}")
+    if docs_per_day < 1 or reference_size < 1:
+        raise ValueError(
+            f"docs_per_day and reference_size must be at least 1, got {docs_per_day}, "
+            f"{reference_size}"
+        )
     if not all(0.0 <= share <= 1.0 for share in spanish_shares):
         raise ValueError(f"spanish_shares must lie in [0, 1], got {list(spanish_shares)}")
     first = _first_day(start, len(spanish_shares))
@@ -156,26 +164,33 @@ def build_scenario(
         "en": pool([docs[i] for i in held_out], labels[held_out]),
         "es": pool(spanish_docs, spanish_labels),
     }
-    reference_events = [
-        _event(pools["en"], row, "en", f"{model}-reference-{row:05d}", ts, model)
-        for row, ts in enumerate(_timestamps(first - timedelta(days=1), len(held_out), rng))
-    ]
-    days = []
+    reference_day = first - timedelta(days=1)
+    reference_events = _draw(
+        pools,
+        label_names,
+        prior,
+        reference_day,
+        reference_size,
+        0.0,
+        f"{model}-reference",
+        model,
+        rng,
+    )
     day_starts = tuple(first + timedelta(days=d) for d in range(len(spanish_shares)))
-    for day_start, share in zip(day_starts, spanish_shares, strict=True):
-        n = max(1, round(docs_per_day * rng.uniform(0.8, 1.0)))
-        n_spanish = int(n * share)
-        languages = rng.permutation(["en"] * (n - n_spanish) + ["es"] * n_spanish)
-        targets = rng.choice(len(label_names), size=n, p=prior)
-        events = []
-        for i, (language, target, ts) in enumerate(
-            zip(languages, targets, _timestamps(day_start, n, rng), strict=True)
-        ):
-            chosen = pools[str(language)]
-            row = int(rng.choice(chosen.rows_of(label_names[target])))
-            event_id = f"{model}-{day_start:%Y%m%d}-{i:05d}"
-            events.append(_event(chosen, row, str(language), event_id, ts, model))
-        days.append(events)
+    days = [
+        _draw(
+            pools,
+            label_names,
+            prior,
+            day_start,
+            max(1, round(docs_per_day * rng.uniform(0.8, 1.0))),
+            share,
+            f"{model}-{day_start:%Y%m%d}",
+            model,
+            rng,
+        )
+        for day_start, share in zip(day_starts, spanish_shares, strict=True)
+    ]
     return Scenario(
         train_vectors=train_vectors,
         train_labels=labels[train],
@@ -200,6 +215,31 @@ def write_jsonl(events: Iterable[Event], path: Path) -> Path:
         for event in events:
             out.write(orjson.dumps(event) + b"\n")
     return path
+
+
+def _draw(
+    pools: Mapping[str, _Pool],
+    label_names: tuple[str, ...],
+    prior: npt.NDArray[np.float64],
+    day_start: datetime,
+    n: int,
+    share: float,
+    id_prefix: str,
+    model: str,
+    rng: np.random.Generator,
+) -> list[Event]:
+    """``n`` events over one day, ``int(n * share)`` Spanish, topics drawn from the prior."""
+    n_spanish = int(n * share)
+    languages = rng.permutation(["en"] * (n - n_spanish) + ["es"] * n_spanish)
+    targets = rng.choice(len(label_names), size=n, p=prior)
+    events = []
+    for i, (language, target, ts) in enumerate(
+        zip(languages, targets, _timestamps(day_start, n, rng), strict=True)
+    ):
+        chosen = pools[str(language)]
+        row = int(rng.choice(chosen.rows_of(label_names[target])))
+        events.append(_event(chosen, row, str(language), f"{id_prefix}-{i:05d}", ts, model))
+    return events
 
 
 def _first_day(start: datetime | None, days: int) -> datetime:
@@ -279,7 +319,7 @@ def _event(pool: _Pool, row: int, language: str, event_id: str, ts: float, model
         "timestamp": ts,
         "model": model,
         "embedding_b64": pool.embeddings_b64[row],
-        "tokens": pool.tokens[row],
+        "tokens": list(pool.tokens[row]),
         "prediction": pool.predictions[row],
         "target": str(pool.labels[row]),
         "language": language,

@@ -34,7 +34,7 @@ CONTRACT_FIELDS = {
 
 @pytest.fixture(scope="module")
 def scenario() -> Scenario:
-    return build_scenario(docs_per_day=120, seed=3, start=START)
+    return build_scenario(docs_per_day=120, seed=3, start=START, reference_size=400)
 
 
 def _f1(events: list[dict[str, object]], labels: tuple[str, ...]) -> float:
@@ -50,11 +50,11 @@ def _f1(events: list[dict[str, object]], labels: tuple[str, ...]) -> float:
 
 
 def test_same_seed_same_scenario(scenario: Scenario) -> None:
-    again = build_scenario(docs_per_day=120, seed=3, start=START)
+    again = build_scenario(docs_per_day=120, seed=3, start=START, reference_size=400)
     assert again.days == scenario.days
     assert again.reference_events == scenario.reference_events
     np.testing.assert_array_equal(again.train_vectors, scenario.train_vectors)
-    other = build_scenario(docs_per_day=120, seed=4, start=START)
+    other = build_scenario(docs_per_day=120, seed=4, start=START, reference_size=400)
     assert other.days != scenario.days
 
 
@@ -63,6 +63,7 @@ def test_spanish_share_per_day_follows_the_seed(scenario: Scenario) -> None:
     for day, ratio in zip(scenario.days, LANGUAGE_PERTURBATION_RATIO, strict=True):
         assert int(len(day) * ratio) == sum(e["language"] == "es" for e in day)
         assert spanish_share(day) == pytest.approx(ratio, abs=1 / len(day))
+    assert len(scenario.reference_events) == 400
     assert all(e["language"] == "en" for e in scenario.reference_events)
 
 
@@ -87,6 +88,8 @@ def test_events_follow_the_contract(scenario: Scenario) -> None:
             assert event["prediction"] in scenario.label_names
             assert event["target"] in scenario.label_names
             assert all(isinstance(token, str) for token in event["tokens"])
+    day_before = START.timestamp() - 86_400
+    assert all(day_before <= e["timestamp"] < START.timestamp() for e in scenario.reference_events)
     ids = [e["event_id"] for e in scenario.events + scenario.reference_events]
     assert len(ids) == len(set(ids))
 
@@ -96,7 +99,7 @@ def test_day_starts_are_consecutive_utc_midnights(scenario: Scenario) -> None:
     assert all(
         (b - a).total_seconds() == 86_400 for a, b in itertools.pairwise(scenario.day_starts)
     )
-    default = build_scenario(docs_per_day=5, seed=1)
+    default = build_scenario(docs_per_day=5, seed=1, reference_size=5)
     last_end = default.day_starts[-1].timestamp() + 86_400
     assert (
         last_end == datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
