@@ -2,7 +2,7 @@
 
 1. Train the seed's classifier (TF-IDF + MultinomialNB) on real English topic text.
 2. Build the reference the seed's way: PCA with 20 components and per-topic centroids of the
-   training vectors; profile and calibrate on held-out English documents.
+   training vectors, euclidean distance; profile and calibrate on held-out English documents.
 3. Start a real Kafka-protocol broker (Tansu) and produce seven backdated days of inference
    events whose Spanish share grows 0, 0, 0, 0, 0.33, 0.66, 1.
 4. Run the agent over Kafka until the end, print one line per day, write ``windows.jsonl``
@@ -59,7 +59,7 @@ def _reference(scenario: Scenario, out: Path, rounds: int) -> Reference:
         [str(label) for label in events.labels or []],
         method="pca-centroids",
         components=20,
-        distance="cosine",
+        distance="euclidean",
         fit_rows=EventBatch.from_vectors(scenario.train_vectors),
         fit_labels=scenario.train_labels,
         holdout=0.5,

@@ -183,11 +183,12 @@ class EmbeddedBroker:
                 continue
             try:
                 probe.topics()
-                return
             except KafkaError:
                 continue
             finally:
                 probe.close()
+            if self._process.poll() is None:  # the answer came from our process, not a squatter
+                return
 
 
 def _resolve_binary() -> str:

@@ -15,6 +15,8 @@ Facts of kafka-python 3.x this module is built on (checked against a real Tansu 
 * Tansu 0.6 answers ListOffsets(latest) with the base offset of the last record batch plus
   one, short of the end when that batch holds several records; a fetch response's high
   watermark is right. ``end_offsets`` takes the larger of both.
+* Tansu 0.6 keeps committed offsets but not their metadata (OffsetFetch answers null), and
+  accepts a commit for a partition the member does not own: only commit held partitions.
 * Consumer groups join in about 3 s with the default timeouts below (about 23 s with
   kafka-python's own).
 """
@@ -234,8 +236,9 @@ class KafkaSource:
     def commit(self, offsets: Mapping[TopicPartition, tuple[int, str]]) -> bool:
         """Commit ``{tp: (offset, metadata)}``; False if the group moved on (rebalance or eviction).
 
-        A False commit is harmless: the partitions concerned come back through ``poll`` as
-        revoked, and their next owner resumes from the previous commit.
+        A refused commit is harmless: commit again after the next ``poll``; partitions lost
+        meanwhile come back from it as revoked, and their next owner resumes from the previous
+        commit.
         """
         if not offsets:
             return True

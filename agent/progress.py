@@ -41,6 +41,7 @@ class Progress:
         self._last = -float("inf")
         self._done = 0.0
         self._tty = self.stream.isatty()
+        self._drawn: tuple[float, str] | None = None
 
     def update(self, done: float, note: str = "") -> None:
         self._done = done
@@ -53,7 +54,8 @@ class Progress:
     def finish(self, note: str = "") -> None:
         if self.total is not None:
             self._done = self.total
-        self._draw(note)
+        if self._tty or self._drawn != (self._done, note):
+            self._draw(note)
         if self._tty:
             self.stream.write("\n")
         self.stream.flush()
@@ -67,5 +69,6 @@ class Progress:
         else:
             text = f"{self.label} {self._done:,.0f}{self.unit}"
         text += f" {elapsed:5.1f}s {note}".rstrip()
+        self._drawn = (self._done, note)
         self.stream.write(("\r" + text) if self._tty else text + "\n")
         self.stream.flush()

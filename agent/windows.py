@@ -236,10 +236,7 @@ class WindowStore(Generic[P, B]):
         self._partitions: dict[Partition, _PartitionState[P]] = {}
         self._read_through: dict[Partition, int] = {}
         self._closed_through: int | None = None
-
-    @property
-    def window_seconds(self) -> int:
-        return self._size
+        self._paused: frozenset[Partition] = frozenset()
 
     @property
     def closed_through(self) -> int | None:
@@ -384,16 +381,22 @@ class WindowStore(Generic[P, B]):
         return checkpoints
 
     def paused_partitions(self) -> frozenset[Partition]:
-        """Partitions more than ``max_windows_ahead`` windows ahead of the global watermark."""
-        mark = None if self._processing else self.watermark()
-        if mark is None:
+        """Partitions more than ``max_windows_ahead`` windows ahead of the global watermark.
+
+        While the global watermark is unknown (a lagging partition has shown no event time
+        yet) the previous answer stands.
+        """
+        if self._processing:
             return frozenset()
-        limit = mark + self._max_ahead * self._size
-        return frozenset(
-            partition
-            for partition, state in self._partitions.items()
-            if state.watermark is not None and state.watermark > limit
-        )
+        mark = self.watermark()
+        if mark is not None:
+            limit = mark + self._max_ahead * self._size
+            self._paused = frozenset(
+                partition
+                for partition, state in self._partitions.items()
+                if state.watermark is not None and state.watermark > limit
+            )
+        return self._paused & self._partitions.keys()
 
     def _state(self, partition: Partition) -> _PartitionState[P]:
         try:

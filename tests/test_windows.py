@@ -203,6 +203,10 @@ def test_partition_far_ahead_is_paused_until_the_watermark_catches_up() -> None:
     assert s.paused_partitions() == frozenset()  # 120 <= 0 + 2 windows
     feed(s, P1, [121], 3)
     assert s.paused_partitions() == {P1}
+    p2 = ("events", 2)
+    s.assign(p2, None)  # no event time yet: the watermark is unknown, P1 stays paused
+    assert s.paused_partitions() == {P1}
+    s.revoke([p2])
     feed(s, P0, [0.5], 1)
     assert s.paused_partitions() == {P1}
     feed(s, P0, [61], 2)

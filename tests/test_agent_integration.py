@@ -1,0 +1,185 @@
+"""``embmon run`` end to end against a real broker: a week of digits whose last two days are
+half corrupted goes through a 3-partition topic.
+
+``--until-end`` writes exactly the produced count per window and flags exactly the corrupted
+days. The live agent serves ``/metrics`` (drift of the last closed window, event totals, lag),
+``/healthz`` and ``/readyz``, stops promptly on SIGTERM, and a ``--until-end`` resume of its
+group finishes the week with nothing lost or doubled.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.agent_scenarios import (
+    DAY,
+    MODEL,
+    T0,
+    AgentProcess,
+    Event,
+    Metrics,
+    digits_events,
+    digits_reference,
+    expected_counts,
+    iso,
+    produce_events,
+    window_counts,
+    window_records,
+)
+from tests.broker import new_topic
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 3
+DAYS = 7
+PER_DAY = 300
+SHIFTED = (5, 6)  # days 6 and 7
+BAD = [b'{"not json', b"[1, 2]", b'{"timestamp": 1763596800}']
+BAD_REASONS = Counter({"invalid_json": 1, "not_object": 1, "missing_embedding": 1})
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Week:
+    topic: str
+    events: list[Event]
+    reference: Path
+
+
+@pytest.fixture(scope="module")
+def week(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Week:
+    """The week of events (plus a few bad records) on a fresh 3-partition topic."""
+    reference = digits_reference(tmp_path_factory)
+    events = digits_events(windows=DAYS, per_window=PER_DAY, shifted_windows=SHIFTED, seed=7)
+    values = [e.value for e in events]
+    for i, bad in enumerate(BAD):  # one bad record in the middle of each partition's stream
+        values.insert(len(values) // 2 + i, bad)
+    topic = new_topic(kafka_bootstrap, PARTITIONS, prefix="week")
+    produce_events(kafka_bootstrap, topic, PARTITIONS, values)
+    return Week(topic, events, reference)
+
+
+def group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def test_until_end_counts_every_event_once_and_flags_exactly_the_shifted_days(
+    kafka_bootstrap: str, week: Week, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    with AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=week.topic,
+        group=group(),
+        reference=week.reference,
+        out=out,
+        until_end=True,
+    ) as agent:
+        assert agent.wait_exit(120) == 0, agent.log_tail()
+
+    records = window_records(out)
+    starts = [r["window_start"] for r in records]
+    assert starts == [iso(T0 + d * DAY) for d in range(DAYS)]  # each window once, in order
+    assert window_counts(out) == expected_counts(week.events)
+    assert all(r["model"] == MODEL for r in records)
+    assert [r["window_end"] for r in records] == [iso(T0 + (d + 1) * DAY) for d in range(DAYS)]
+    drifted = [d for d, r in enumerate(records) if r["drifted"]]
+    assert drifted == list(SHIFTED), {r["window_start"]: r["drift"] for r in records}
+    for record in records:
+        assert "closest_centroid" in record["drift"]
+        assert record["drifted"] == any(m["drifted"] for m in record["drift"].values())
+        assert record["reference"].startswith("sha256:")
+        assert record["classification"]["labelled"] == PER_DAY
+    accuracy = [r["classification"]["accuracy"] for r in records]
+    assert max(accuracy[d] for d in SHIFTED) < min(accuracy[: SHIFTED[0]])
+
+
+def test_live_agent_serves_metrics_of_the_last_closed_window_and_stops_on_sigterm(
+    kafka_bootstrap: str, week: Week, tmp_path: Path
+) -> None:
+    out, gid = tmp_path / "out", group()
+    good = len(week.events)
+    with AgentProcess(
+        bootstrap=kafka_bootstrap, topic=week.topic, group=gid, reference=week.reference, out=out
+    ) as agent:
+        agent.wait_ready()
+        assert agent.get("/healthz")[0] == 200
+        assert agent.get("/readyz")[0] == 200
+
+        def consumed(m: Metrics) -> bool:
+            lag = m.by("embmon_consumer_lag_records", "partition", topic=week.topic)
+            return (
+                len(lag) == PARTITIONS
+                and sum(lag.values()) == 0
+                and m.get("embmon_events_total", model=MODEL) == good
+                and m.get("embmon_windows_closed_total", model=MODEL) == DAYS - 1
+            )
+
+        scrape = agent.wait_metrics(consumed, "the whole topic consumed, six days closed")
+        assert agent.get("/healthz")[0] == 200
+        assert agent.get("/readyz")[0] == 200
+
+        # Live, the newest day stays open (no later event moves the watermark past it).
+        records = window_records(out)
+        assert len(records) == DAYS - 1
+        last = records[-1]
+        assert last["window_start"] == iso(T0 + (DAYS - 2) * DAY)
+        labels = {"model": MODEL}
+        assert scrape.get("embmon_window_events", **labels) == PER_DAY
+        assert scrape.get("embmon_window_drifted", **labels) == 1.0
+        assert scrape.get("embmon_last_window_end_timestamp_seconds", **labels) == (
+            T0 + (DAYS - 1) * DAY
+        )
+        scores = scrape.by("embmon_drift_score", "metric", **labels)
+        thresholds = scrape.by("embmon_drift_threshold", "metric", **labels)
+        detected = scrape.by("embmon_drift_detected", "metric", **labels)
+        assert set(scores) == set(detected) == set(last["drift"])
+        for metric, result in last["drift"].items():
+            assert scores[metric] == pytest.approx(result["score"], rel=1e-12)
+            assert detected[metric] == float(result["drifted"])
+            if result["threshold"] is None:
+                assert metric not in thresholds
+            else:
+                assert thresholds[metric] == pytest.approx(result["threshold"], rel=1e-12)
+        assert any(detected.values())
+        assert scrape.get("embmon_classification_accuracy", **labels) == pytest.approx(
+            last["classification"]["accuracy"], rel=1e-12
+        )
+        ratios = scrape.by("embmon_closest_centroid_ratio", "centroid", **labels)
+        assert ratios == pytest.approx(last["closest_centroid"], rel=1e-12)
+        rejected = scrape.by("embmon_events_rejected_total", "reason")
+        assert rejected == {reason: float(n) for reason, n in BAD_REASONS.items()}
+        assert scrape.get("embmon_open_windows") == 1.0
+        assert scrape.get("embmon_window_size_seconds") == DAY
+
+        started = time.monotonic()
+        agent.terminate()
+        assert agent.wait_exit(STOP_TIMEOUT_S) == 0, agent.log_tail()
+        stopped_in = time.monotonic() - started
+
+    # Same days, same counts and verdicts as --until-end, minus the open one.
+    assert [r["events"] for r in records] == [PER_DAY] * (DAYS - 1)
+    assert [d for d, r in enumerate(records) if r["drifted"]] == [SHIFTED[0]]
+    assert stopped_in < STOP_TIMEOUT_S
+
+    # The group resumes where SIGTERM left it: the open day is re-read, nothing else is.
+    with AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=week.topic,
+        group=gid,
+        reference=week.reference,
+        out=out,
+        until_end=True,
+        name="resume",
+    ) as resumed:
+        assert resumed.wait_exit(120) == 0, resumed.log_tail()
+    assert window_counts(out) == expected_counts(week.events)
+    final = window_records(out)
+    assert len(final) == DAYS
+    assert [d for d, r in enumerate(final) if r["drifted"]] == list(SHIFTED)
