@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -39,6 +40,7 @@ import yaml
 
 __all__ = [
     "DAY",
+    "EMBMON",
     "Delivery",
     "DigitsStream",
     "Service",
@@ -59,6 +61,8 @@ __all__ = [
     "webhook_alertmanager_config",
 ]
 
+# The embmon command of the interpreter running the tests (the venv's console script).
+EMBMON = str(Path(sys.executable).with_name("embmon"))
 INSTALL_HINT = "install it with: apt-get install -y prometheus prometheus-alertmanager"
 DAY = 86_400
 _START_ATTEMPTS = 3

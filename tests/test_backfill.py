@@ -13,10 +13,8 @@ own expression.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,7 @@ import pytest
 
 from tests.e2e_services import (
     DAY,
+    EMBMON,
     DigitsStream,
     prometheus_query,
     prometheus_query_range,
@@ -33,7 +32,6 @@ from tests.e2e_services import (
 
 pytestmark = pytest.mark.e2e
 
-EMBMON = str(Path(os.environ.get("VIRTUAL_ENV", "/work/venv")) / "bin" / "embmon")
 T0 = 1_763_596_800  # 2025-11-20T00:00:00Z
 DAYS = 7
 SHIFTED_FROM = 4  # days 4, 5, 6 are shifted

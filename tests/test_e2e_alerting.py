@@ -28,15 +28,15 @@ The stream (digits embeddings, 1-day windows, 2 partitions) is produced in two p
    drift alert must reach the webhook with its ``model`` and ``metric`` labels.
 
 The days are placed so that the last closed window always ended less than two windows ago
-(D4 starts at the UTC midnight nearest ahead of now - 1 h): otherwise EmbmonWindowsStale would
-fire and, through the shipped inhibition rule, silence the drift alert.
+(D4 starts at the last UTC midnight before now + 1 h, so at most 1 h ahead of the clock):
+otherwise EmbmonWindowsStale would fire and, through the shipped inhibition rule, silence the
+drift alert.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +50,7 @@ import yaml
 from tests.broker import new_topic, produce
 from tests.e2e_services import (
     DAY,
+    EMBMON,
     Delivery,
     DigitsStream,
     Service,
@@ -70,7 +71,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTMANAGER_FILE = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-EMBMON = str(Path(os.environ.get("VIRTUAL_ENV", "/work/venv")) / "bin" / "embmon")
 MODEL = "digits"
 PARTITIONS = 2
 PER_DAY = 300
@@ -83,8 +83,8 @@ ALERT_DEADLINE_S = 90.0
 # expression of the rules and the dashboards must return data.
 EXPECTED_EMPTY = {
     "EmbmonWindowsStale": "the last closed window always ended less than 2 windows ago",
-    "EmbmonHighRejectRate": "2 malformed records out of ~900 is below the 5 % threshold",
-    "EmbmonLateEventsHigh": "1 late event out of ~900 is below the 1 % threshold",
+    "EmbmonHighRejectRate": "2 malformed records out of ~1200 is below the 5 % threshold",
+    "EmbmonLateEventsHigh": "1 late event out of ~1200 is below the 1 % threshold",
     "EmbmonConsumerLagGrowing": "the agent keeps up: lag is 0, far below the 1000 floor",
     "EmbmonAgentDown": "the agent is up: up == 1",
     "EmbmonAgentAbsent": "a target of job embmon exists, so absent() is empty",
