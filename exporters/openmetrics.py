@@ -47,10 +47,9 @@ def openmetrics_text(
             "Macro F1 of the reference data.",
             labels=["model"],
         )
-        for record in ordered:
-            ref.add_metric(
-                [str(record["model"])], reference_f1, timestamp=parse_time(record["window_end"])
-            )
+        ends = {(str(r["model"]), parse_time(r["window_end"])): None for r in ordered}
+        for model, end in ends:  # one sample per model and window, whatever the segments
+            ref.add_metric([model], reference_f1, timestamp=end)
         families.append(ref)
     registry = CollectorRegistry()
     registry.register(_Families(families))
