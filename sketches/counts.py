@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 
-from .serial import pack, unpack
+from .serial import pack, reading, unpack
 
 __all__ = ["CategoryCounts", "ConfusionMatrix"]
 
@@ -58,8 +58,9 @@ class CategoryCounts:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CategoryCounts:
-        header, _ = unpack(data, "category_counts")
-        return cls({str(k): int(v) for k, v in header["counts"].items()})
+        with reading("category_counts"):
+            header, _ = unpack(data, "category_counts")
+            return cls({str(k): int(v) for k, v in header["counts"].items()})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CategoryCounts) and self.counts() == other.counts()
@@ -147,8 +148,9 @@ class ConfusionMatrix:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ConfusionMatrix:
-        _, (blob,) = unpack(data, "confusion")
-        return cls({(str(t), str(p)): int(v) for t, p, v in orjson.loads(blob)})
+        with reading("confusion"):
+            _, (blob,) = unpack(data, "confusion")
+            return cls({(str(t), str(p)): int(v) for t, p, v in orjson.loads(blob)})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ConfusionMatrix) and self._cells == other._cells

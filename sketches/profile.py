@@ -32,7 +32,7 @@ from .counts import CategoryCounts, ConfusionMatrix
 from .errors import IncompatibleSketchError
 from .geometry import EmbeddingFeatures, EmbeddingSpace
 from .quantiles import QuantileSketch
-from .serial import pack, unpack
+from .serial import pack, reading, unpack
 from .shift import CentroidSums
 from .text import TextFeatures, TextSketch, text_features
 
@@ -85,14 +85,19 @@ class WindowProfile:
                 "this profile was read from bytes; create one with WindowProfile.empty(space, "
                 "version) to add events, then merge"
             )
-        finite = np.isfinite(batch.embeddings).all(axis=1)
-        if not finite.all():
-            self.invalid += int((~finite).sum())
-            batch = batch.take(np.flatnonzero(finite))
+        if len(batch) == 0:
+            return
+        features = self._space.features(batch.embeddings)
+        if not np.isfinite(features.residual).all():  # the cheap test; exact one if it fails
+            finite = np.isfinite(batch.embeddings).all(axis=1)
+            if not finite.all():
+                self.invalid += int((~finite).sum())
+                rows = np.flatnonzero(finite)
+                batch, features = batch.take(rows), features.take(rows)
         if len(batch) == 0:
             return
         self.update_features(
-            self._space.features(batch.embeddings),
+            features,
             text=None if batch.tokens is None else text_features(batch.tokens),
             predictions=batch.predictions,
             targets=batch.targets,
@@ -178,23 +183,30 @@ class WindowProfile:
     @classmethod
     def from_bytes(cls, data: bytes, space: EmbeddingSpace | None = None) -> WindowProfile:
         """Read a profile; pass the reference's space to be able to ``update`` it further."""
-        header, blobs = unpack(data, "window_profile")
-        distances, closest, shift, residual, text, confusion, predictions = blobs
-        profile = cls(tuple(header["labels"]), int(header["components"]), str(header["reference"]))
-        profile._space = space
-        profile.count = int(header["count"])
-        profile.invalid = int(header["invalid"])
-        profile.distances = QuantileSketch.from_bytes(distances)
-        profile.closest = CategoryCounts.from_bytes(closest)
-        profile.shift = CentroidSums.from_bytes(shift)
-        profile.residual = QuantileSketch.from_bytes(residual)
-        profile.text = TextSketch.from_bytes(text)
-        profile.confusion = ConfusionMatrix.from_bytes(confusion)
-        profile.predictions = CategoryCounts.from_bytes(predictions)
-        return profile
+        with reading("window_profile"):
+            header, blobs = unpack(data, "window_profile")
+            distances, closest, shift, residual, text, confusion, predictions = blobs
+            profile = cls(
+                tuple(header["labels"]), int(header["components"]), str(header["reference"])
+            )
+            profile._space = space
+            profile.count = int(header["count"])
+            profile.invalid = int(header["invalid"])
+            profile.distances = QuantileSketch.from_bytes(distances)
+            profile.closest = CategoryCounts.from_bytes(closest)
+            profile.shift = CentroidSums.from_bytes(shift)
+            profile.residual = QuantileSketch.from_bytes(residual)
+            profile.text = TextSketch.from_bytes(text)
+            profile.confusion = ConfusionMatrix.from_bytes(confusion)
+            profile.predictions = CategoryCounts.from_bytes(predictions)
+            return profile
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, WindowProfile) and self.to_bytes() == other.to_bytes()
+        return isinstance(other, WindowProfile) and all(
+            getattr(self, name) == getattr(other, name)
+            for name in WindowProfile.__slots__
+            if name != "_space"
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

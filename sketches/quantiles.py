@@ -25,12 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import IncompatibleSketchError
-from .serial import pack, unpack
+from .serial import pack, reading, unpack
 
 __all__ = ["QuantileSketch", "hellinger_on_sketches", "ks_on_sketches"]
 
 FloatArray = npt.NDArray[np.float64]
 DEFAULT_K = 200
+_SCALAR_ROWS = 8
 
 
 class QuantileSketch:
@@ -73,8 +74,14 @@ class QuantileSketch:
         if matrix.shape[0] == 0:
             return
         self._views.clear()
-        for column, sketch in enumerate(self._sketches):
-            sketch.update(np.ascontiguousarray(matrix[:, column]))
+        if matrix.shape[0] < _SCALAR_ROWS:  # a few rows: one call per value costs less
+            for row in matrix.tolist():
+                for sketch, value in zip(self._sketches, row, strict=True):
+                    sketch.update(value)
+            return
+        # One contiguous array per column; a transposed (column-major) input needs no copy.
+        for sketch, column in zip(self._sketches, np.ascontiguousarray(matrix.T), strict=True):
+            sketch.update(column)
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:
         """A new sketch summarising both inputs; neither input changes."""
@@ -132,10 +139,11 @@ class QuantileSketch:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> QuantileSketch:
-        header, blobs = unpack(data, "quantiles")
-        sketch = cls(int(header["columns"]), int(header["k"]))
-        sketch._sketches = [ds.kll_floats_sketch.deserialize(b) for b in blobs]
-        return sketch
+        with reading("quantiles"):
+            header, blobs = unpack(data, "quantiles")
+            sketch = cls(int(header["columns"]), int(header["k"]))
+            sketch._sketches = [ds.kll_floats_sketch.deserialize(b) for b in blobs]
+            return sketch
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, QuantileSketch) and self.to_bytes() == other.to_bytes()

@@ -12,13 +12,15 @@ tag means a profile's bytes can never be read back as, say, a quantile sketch.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
 from .errors import FormatError
 
-__all__ = ["FORMAT_VERSION", "pack", "unpack"]
+__all__ = ["FORMAT_VERSION", "pack", "reading", "unpack"]
 
 MAGIC = b"EMBM"
 FORMAT_VERSION = 1
@@ -77,3 +79,18 @@ def _read_blob(view: memoryview, pos: int) -> tuple[int, bytes]:
     if end > len(view):
         raise IndexError("blob runs past the end")
     return end, bytes(view[start:end])
+
+
+@contextmanager
+def reading(kind: str) -> Iterator[None]:
+    """Turn any failure to interpret a serialised ``kind`` into a :class:`FormatError`.
+
+    ``from_bytes`` of every sketch runs under it, so corrupt bytes (not only truncated ones)
+    raise one documented error instead of whatever the underlying parser happens to raise.
+    """
+    try:
+        yield
+    except FormatError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, struct.error) as exc:
+        raise FormatError(f"corrupt {kind!r} bytes: {exc}") from exc

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import IncompatibleSketchError
-from .serial import pack, unpack
+from .serial import pack, reading, unpack
 
 __all__ = ["CentroidSums"]
 
@@ -32,14 +32,16 @@ class CentroidSums:
         self.squares = np.zeros(centroids, dtype=np.float64)
 
     def update(self, closest: npt.NDArray[np.intp], coords: npt.NDArray[np.float32]) -> None:
-        c = self.counts.shape[0]
+        c, k = self.sums.shape
         self.counts += np.bincount(closest, minlength=c)
-        for component in range(self.sums.shape[1]):
-            self.sums[:, component] += np.bincount(
-                closest, weights=coords[:, component], minlength=c
-            )
+        # One bincount for every (component, centroid) cell: bin j * c + closest[i] sums
+        # component j; each cell adds its events in order, as a bincount per component would.
+        columns = np.ascontiguousarray(coords.T)
+        cells = (np.arange(k)[:, None] * c + closest).ravel()
+        sums = np.bincount(cells, weights=columns.ravel(), minlength=c * k)
+        self.sums += sums.reshape(k, c).T
         self.squares += np.bincount(
-            closest, weights=np.einsum("ij,ij->i", coords, coords).astype(np.float64), minlength=c
+            closest, weights=np.einsum("ij,ij->j", columns, columns).astype(np.float64), minlength=c
         )
 
     def merge(self, other: CentroidSums) -> CentroidSums:
@@ -75,13 +77,14 @@ class CentroidSums:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CentroidSums:
-        header, (counts, sums, squares) = unpack(data, "centroid_sums")
-        c, k = int(header["centroids"]), int(header["components"])
-        sketch = cls(c, k)
-        sketch.counts = np.frombuffer(counts, dtype=np.int64).copy()
-        sketch.sums = np.frombuffer(sums, dtype=np.float64).reshape(c, k).copy()
-        sketch.squares = np.frombuffer(squares, dtype=np.float64).copy()
-        return sketch
+        with reading("centroid_sums"):
+            header, (counts, sums, squares) = unpack(data, "centroid_sums")
+            c, k = int(header["centroids"]), int(header["components"])
+            sketch = cls(c, k)
+            sketch.counts = np.frombuffer(counts, dtype=np.int64).copy()
+            sketch.sums = np.frombuffer(sums, dtype=np.float64).reshape(c, k).copy()
+            sketch.squares = np.frombuffer(squares, dtype=np.float64).copy()
+            return sketch
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CentroidSums) and self.to_bytes() == other.to_bytes()

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from .frequent import DistinctCount, FrequentItems
 from .quantiles import QuantileSketch
-from .serial import pack, unpack
+from .serial import pack, reading, unpack
 
 __all__ = ["TextFeatures", "TextSketch", "text_features"]
 
@@ -99,16 +99,19 @@ class TextSketch:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TextSketch:
-        header, (doc_length, term_length, terms, distinct) = unpack(data, "text")
-        sketch = cls()
-        sketch.documents = int(header["documents"])
-        sketch.doc_length = QuantileSketch.from_bytes(doc_length)
-        sketch.term_length = QuantileSketch.from_bytes(term_length)
-        sketch.terms = FrequentItems.from_bytes(terms)
-        sketch.distinct = DistinctCount.from_bytes(distinct)
-        return sketch
+        with reading("text"):
+            header, (doc_length, term_length, terms, distinct) = unpack(data, "text")
+            sketch = cls()
+            sketch.documents = int(header["documents"])
+            sketch.doc_length = QuantileSketch.from_bytes(doc_length)
+            sketch.term_length = QuantileSketch.from_bytes(term_length)
+            sketch.terms = FrequentItems.from_bytes(terms)
+            sketch.distinct = DistinctCount.from_bytes(distinct)
+            return sketch
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TextSketch) and self.to_bytes() == other.to_bytes()
+        return isinstance(other, TextSketch) and all(
+            getattr(self, name) == getattr(other, name) for name in TextSketch.__slots__
+        )
 
     __hash__ = None  # type: ignore[assignment]
