@@ -121,13 +121,7 @@ def _reference_build(args: argparse.Namespace) -> int:
         )
         if events.rejects:
             print(f"skipped bad events: {dict(events.rejects)}", file=sys.stderr)
-        batch = EventBatch(
-            events.embeddings,
-            np.zeros(events.embeddings.shape[0]),
-            tokens=events.tokens,
-            predictions=events.predictions,
-            targets=events.labels,
-        )
+        batch = events.batch()
         labels = None
         if events.labels is not None and args.method == "pca-centroids":
             if any(label is None for label in events.labels):

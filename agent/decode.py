@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple, Protocol, TypeVar
+from typing import Literal, NamedTuple, Protocol, TypeVar, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -50,16 +50,7 @@ RejectReason = Literal[
     "oversized",
     "bad_timestamp",
 ]
-REJECT_REASONS: tuple[RejectReason, ...] = (
-    "invalid_json",
-    "not_object",
-    "missing_embedding",
-    "wrong_dimension",
-    "non_finite",
-    "wrong_type",
-    "oversized",
-    "bad_timestamp",
-)
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
 Segment = tuple[tuple[str, str], ...]
 """The kept segment keys of an event as ``((key, value), ...)`` in configured key order."""

@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from kafka import KafkaProducer
 
@@ -46,13 +45,7 @@ def _say(text: str) -> None:
 
 def _reference(scenario: Scenario, out: Path, rounds: int) -> Reference:
     events = load_events(write_jsonl(scenario.reference_events, out / "reference-events.jsonl"))
-    held_out = EventBatch(
-        events.embeddings,
-        np.zeros(events.embeddings.shape[0]),
-        tokens=events.tokens,
-        predictions=events.predictions,
-        targets=events.labels,
-    )
+    held_out = events.batch()
     progress = Progress("calibrating drift thresholds", total=1.0)
     reference = build_reference(
         held_out,

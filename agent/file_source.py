@@ -84,6 +84,16 @@ class LoadedEvents:
     predictions: list[str | None] | None
     rejects: Counter[str]
 
+    def batch(self) -> EventBatch:
+        """The events as one batch (labels as targets), e.g. for ``build_reference``."""
+        return EventBatch(
+            self.embeddings,
+            np.zeros(self.embeddings.shape[0]),
+            tokens=self.tokens,
+            predictions=self.predictions,
+            targets=self.labels,
+        )
+
 
 def load_events(
     path: PathLike,

@@ -144,7 +144,9 @@ class Agent:
                 store.advance(tp, state.position, caught_up=state.caught_up)
             with self.metrics.lock:
                 self.metrics.lag = {
-                    (tp.topic, tp.partition): p.lag for tp, p in progress.items() if p.lag is not None
+                    (tp.topic, tp.partition): p.lag
+                    for tp, p in progress.items()
+                    if p.lag is not None
                 }
             closed = self.pipeline.close()
             self._commit(source, force=bool(closed))
