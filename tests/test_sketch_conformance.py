@@ -19,6 +19,7 @@ the seed and the split points); small streams are drawn element by element.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,12 +52,15 @@ EXAMPLES = settings(
 Events = list[Any]
 EPS64 = float(np.finfo(np.float64).eps)
 EPS32 = float(np.finfo(np.float32).eps)
+TINY32 = float(np.finfo(np.float32).smallest_subnormal)
 
 # ---------------------------------------------------------------------------------------------
 # streams
 
 
-def _seeded(make: Callable[[np.random.Generator, int], Events], max_n: int) -> st.SearchStrategy[Events]:
+def _seeded(
+    make: Callable[[np.random.Generator, int], Events], max_n: int
+) -> st.SearchStrategy[Events]:
     """A bulk stream: hypothesis draws the size and the seed, numpy draws the values."""
     return st.builds(
         lambda seed, n: make(np.random.default_rng(seed), n),
@@ -81,9 +85,7 @@ def _bulk_floats(rng: np.random.Generator, n: int) -> Events:
 
 
 _F32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
-FLOAT_ROWS = st.one_of(
-    st.lists(st.tuples(_F32, _F32), max_size=30), _seeded(_bulk_floats, 3000)
-)
+FLOAT_ROWS = st.one_of(st.lists(st.tuples(_F32, _F32), max_size=30), _seeded(_bulk_floats, 3000))
 
 _LABEL = st.one_of(st.sampled_from(["a", "b", "c", "forsale", "space"]), st.text(max_size=4))
 LABELS = st.lists(_LABEL, max_size=200)
@@ -117,9 +119,7 @@ def _bulk_distinct(rng: np.random.Generator, n: int) -> Events:
 
 # "" is left out on purpose: datasketches' HLL ignores empty strings (reported bug, see
 # test_statistics.py::test_the_empty_string_is_a_distinct_item).
-DISTINCT = st.one_of(
-    st.lists(_LABEL.filter(bool), max_size=100), _seeded(_bulk_distinct, 3000)
-)
+DISTINCT = st.one_of(st.lists(_LABEL.filter(bool), max_size=100), _seeded(_bulk_distinct, 3000))
 
 CENTROIDS, COMPONENTS = 3, 2
 _COORD = st.floats(-1e3, 1e3, width=32)
@@ -138,7 +138,13 @@ COORDS = st.one_of(
 
 # "\x00" and "" are left out on purpose: numpy's fixed-width str arrays drop trailing NULs and
 # the HLL ignores "" (reported bugs, see test_statistics.py::test_text_sketch_*).
-_TOKEN = st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=6)
+# Lone surrogates are left out too: they cannot reach datasketches (not valid UTF-8; orjson
+# never decodes them from events).
+_TOKEN = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"),
+    min_size=1,
+    max_size=6,
+)
 
 
 def _bulk_docs(rng: np.random.Generator, n: int) -> Events:
@@ -189,9 +195,7 @@ def _bulk_events(rng: np.random.Generator, n: int) -> Events:
         has_text = rng.random() < 0.7
         length = int(rng.integers(0, 6))
         tokens = [f"w{int(i)}" for i in rng.integers(0, 40, size=length)] if has_text else None
-        events.append(
-            Event(tuple(row), tokens, classes[rng.integers(4)], classes[rng.integers(4)])
-        )
+        events.append(Event(tuple(row), tokens, classes[rng.integers(4)], classes[rng.integers(4)]))
     return events
 
 
@@ -222,6 +226,24 @@ def _feed_confusion(sketch: ConfusionMatrix, events: Events) -> None:
 
 def _feed_frequent(sketch: FrequentItems, events: Events) -> None:
     sketch.update_counts([item for item, _ in events], [w for _, w in events])
+
+
+ANCHOR = ("\x00anchor", 1000)  # heavier than any 50-weight event stream item can grow
+
+
+def _anchored(events: Events) -> Events:
+    """Each event preceded by a heavy anchor item: it outweighs every other counter, so no
+    purge can clear all counters (which datasketches serialises as empty, losing the total
+    weight: upstream bug, see test_a_fully_purged_frequent_items_sketch_keeps_its_weight)."""
+    return [pair for event in events for pair in (ANCHOR, event)]
+
+
+def _feed_anchored(sketch: FrequentItems, events: Events) -> None:
+    _feed_frequent(sketch, _anchored(events))
+
+
+def _check_anchored(sketch: FrequentItems, events: Events) -> None:
+    _check_frequent(sketch, _anchored(events))
 
 
 def _feed_distinct(sketch: DistinctCount, events: Events) -> None:
@@ -309,7 +331,9 @@ def _check_shift(sketch: CentroidSums, events: Events) -> None:
     assert np.array_equal(sketch.counts, counts)
     assert np.all(np.abs(sketch.sums - sums) <= 2 * n * EPS64 * abs_sums)
     # squared norms are taken in float32 per event (rounding 2·eps32 each), then summed
-    assert np.all(np.abs(sketch.squares - squares) <= (4 * EPS32 + 2 * n * EPS64) * squares)
+    # (+ float32 underflow of tiny coordinates)
+    tolerance = (4 * EPS32 + 2 * n * EPS64) * squares + n * COMPONENTS * TINY32
+    assert np.all(np.abs(sketch.squares - squares) <= tolerance)
 
 
 def _check_text(sketch: TextSketch, events: Events) -> None:
@@ -325,7 +349,7 @@ def _check_text(sketch: TextSketch, events: Events) -> None:
 def _check_profile(sketch: WindowProfile, events: Events) -> None:
     vectors = np.asarray([e.vector for e in events], dtype=np.float32).reshape(-1, DIM)
     finite = np.isfinite(vectors).all(axis=1)
-    kept = [e for e, ok in zip(events, finite.tolist(), strict=True) if ok]
+    kept = [events[i] for i in np.flatnonzero(finite).tolist()]
     assert sketch.count == len(kept)
     assert sketch.invalid == int((~finite).sum())
     assert sketch.reference_version == VERSION
@@ -339,7 +363,10 @@ def _check_profile(sketch: WindowProfile, events: Events) -> None:
     assert_column_matches(sketch.residual, 0, features.residual)
     _check_shift(
         sketch.shift,
-        [(int(c), tuple(v)) for c, v in zip(features.closest, features.coords.tolist(), strict=True)],
+        [
+            (int(c), tuple(v))
+            for c, v in zip(features.closest, features.coords.tolist(), strict=True)
+        ],
     )
     _check_text(sketch.text, [e.tokens for e in kept])
     _check_category(sketch.predictions, [e.prediction for e in kept if e.prediction is not None])
@@ -497,7 +524,7 @@ KINDS = [
     Kind("FrequentItems", FrequentItems, FrequentItems, WEIGHTED,
          _feed_frequent, _check_frequent, _frequent_readout, None),
     Kind("FrequentItems(lg_max_k=3)", FrequentItems, lambda: FrequentItems(3), WEIGHTED,
-         _feed_frequent, _check_frequent, _frequent_readout, None),
+         _feed_anchored, _check_anchored, _frequent_readout, None),
     Kind("DistinctCount", DistinctCount, DistinctCount, DISTINCT,
          _feed_distinct, _check_distinct, _distinct_readout, None),
     Kind("CentroidSums", CentroidSums, lambda: CentroidSums(CENTROIDS, COMPONENTS), COORDS,
@@ -513,7 +540,7 @@ ALL = pytest.mark.parametrize("kind", KINDS, ids=str)
 
 def _split(events: Events, cuts: Sequence[int]) -> list[Events]:
     bounds = [0, *sorted(min(c, len(events)) for c in cuts), len(events)]
-    return [events[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [events[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _merge_all(sketches: Sequence[Any]) -> Any:
@@ -526,9 +553,15 @@ def _merge_all(sketches: Sequence[Any]) -> Any:
 
 def test_the_registry_covers_every_sketch_type() -> None:
     required = {
-        QuantileSketch, CategoryCounts, ConfusionMatrix, FrequentItems, DistinctCount,
-        CentroidSums, TextSketch, WindowProfile,
-    }  # fmt: skip
+        QuantileSketch,
+        CategoryCounts,
+        ConfusionMatrix,
+        FrequentItems,
+        DistinctCount,
+        CentroidSums,
+        TextSketch,
+        WindowProfile,
+    }
     assert {kind.cls for kind in KINDS} == required
     assert {kind.cls for kind in KINDS if kind.name in INCOMPATIBLE} == required - {
         CategoryCounts,  # no parameters: any two merge
@@ -604,7 +637,8 @@ def test_the_empty_sketch_is_the_identity_of_merge(kind: Kind, data: st.DataObje
 
 
 # datasketches re-serialises frequent-items and HLL (coupon set) sketches with their items in
-# another order after a round trip, so these kinds' bytes (and their bytes-based ==) change.
+# another order after a round trip: equal content, other bytes. Only the other kinds promise
+# byte-identical re-serialisation.
 BYTES_UNSTABLE = (FrequentItems, DistinctCount, TextSketch, WindowProfile)
 
 
@@ -614,35 +648,14 @@ BYTES_UNSTABLE = (FrequentItems, DistinctCount, TextSketch, WindowProfile)
 def test_bytes_round_trip(kind: Kind, data: st.DataObject) -> None:
     events = data.draw(kind.events, label="events")
     sketch = kind.of(events)
-    back = kind.cls.from_bytes(sketch.to_bytes())
-    assert kind.readout(back) == kind.readout(sketch)
-    assert kind.readout(kind.cls.from_bytes(back.to_bytes())) == kind.readout(sketch)
-    kind.check(back, events)
-    if kind.cls not in BYTES_UNSTABLE:
-        assert back == sketch
-        assert back.to_bytes() == sketch.to_bytes()
-
-
-_UNSTABLE = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): equal content, unequal bytes after from_bytes (frequent-items and "
-    "HLL coupon order), so == and byte-level version hashes break. Remove once fixed.",
-)
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(k, id=k.name, marks=[_UNSTABLE] if k.cls in BYTES_UNSTABLE else [])
-        for k in KINDS
-    ],
-)
-def test_bytes_round_trip_gives_an_equal_object_with_the_same_bytes(kind: Kind) -> None:
-    sketch = _sample(kind)
     blob = sketch.to_bytes()
     back = kind.cls.from_bytes(blob)
-    assert back == sketch
-    assert back.to_bytes() == blob
+    assert back == sketch  # before any query: see test_reading_a_sketch_does_not_change_it
+    assert back.to_bytes() == blob or kind.cls in BYTES_UNSTABLE
+    assert kind.readout(back) == kind.readout(sketch)
+    again = kind.cls.from_bytes(back.to_bytes())
+    assert kind.readout(again) == kind.readout(sketch)
+    kind.check(back, events)
 
 
 @ALL
@@ -670,12 +683,63 @@ def test_a_profile_read_from_bytes_refuses_updates_but_merges() -> None:
     profile = _empty_profile()
     profile.update(_batch([Event((1.0, 2.0, 0.0, 0.0), None, None, None)]))
     back = WindowProfile.from_bytes(profile.to_bytes())
-    with pytest.raises(IncompatibleSketchError, match="WindowProfile.empty"):
+    with pytest.raises(IncompatibleSketchError, match=r"WindowProfile\.empty"):
         back.update(_batch([Event((1.0, 0.0, 0.0, 0.0), None, None, None)]))
     assert back.merge(profile).count == 2
     bound = WindowProfile.from_bytes(profile.to_bytes(), SPACE)
     bound.update(_batch([Event((1.0, 0.0, 0.0, 0.0), None, None, None)]))
     assert bound.count == 2
+
+
+_QUERIES: dict[str, Callable[[Any], object]] = {
+    "QuantileSketch": lambda s: s.quantiles(0, [0.5]),
+    "TextSketch": lambda s: s.doc_length.quantiles(0, [0.5]),
+    "WindowProfile": lambda s: s.distance_quantiles((0.5,)),
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            k,
+            id=k.name,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG (reported): a KLL query sorts level 0 in place and flips a flag, "
+                "so the bytes (==, and a saved reference's version check) change on read. "
+                "Remove once fixed.",
+            ),
+        )
+        for k in KINDS
+        if k.name in _QUERIES
+    ],
+)
+def test_reading_a_sketch_does_not_change_it(kind: Kind) -> None:
+    sketch = _sample(kind)
+    before = sketch.to_bytes()
+    copy = kind.cls.from_bytes(before)
+    _QUERIES[kind.name](sketch)
+    assert sketch.to_bytes() == before
+    assert sketch == copy
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (upstream, reported): datasketches-cpp frequent_items_sketch.is_empty() means "
+    "'no active counters'; after a purge clears them all, serialize() writes the empty form and "
+    "merge() skips the sketch, dropping total weight and error offset "
+    "(apache/datasketches-cpp#527). Remove once embmon works around it.",
+)
+def test_a_fully_purged_frequent_items_sketch_keeps_its_weight() -> None:
+    purged = FrequentItems()
+    purged.update_counts([f"id{i}" for i in range(769)], [1] * 769)  # a purge clears them all
+    assert purged.total_weight == 769
+    other = FrequentItems()
+    other.update_counts(["a"], [5])
+    assert other.merge(purged).total_weight == 774
+    back = FrequentItems.from_bytes(purged.to_bytes())
+    assert (back.total_weight, back.error_bound) == (purged.total_weight, purged.error_bound)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,7 +748,7 @@ def test_a_profile_read_from_bytes_refuses_updates_but_merges() -> None:
 
 def _sample(kind: Kind) -> Any:
     """A non-trivial sketch of each kind (seeded), so every part of its bytes is populated."""
-    make = {
+    makers: dict[str, Callable[[np.random.Generator], Events]] = {
         "QuantileSketch": lambda r: _bulk_floats(r, 500),
         "CategoryCounts": lambda r: ["a", "b", "a", "ü"],
         "ConfusionMatrix": lambda r: [("a", "a"), ("a", "b"), ("b", None)],
@@ -694,8 +758,8 @@ def _sample(kind: Kind) -> Any:
         "CentroidSums": lambda r: _bulk_coords(r, 50),
         "TextSketch": lambda r: _bulk_docs(r, 60),
         "WindowProfile": lambda r: _bulk_events(r, 80),
-    }[kind.name]
-    events = make(np.random.default_rng(7))
+    }
+    events = makers[kind.name](np.random.default_rng(7))
     return kind.of(events)
 
 
@@ -752,12 +816,6 @@ def test_another_kind_of_sketch_raises_format_error(kind: Kind) -> None:
             kind.cls.from_bytes(_sample(other).to_bytes())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): from_bytes leaks KeyError/IndexError/ValueError/RuntimeError/"
-    "orjson.JSONDecodeError on corrupted (not truncated) bytes instead of FormatError. "
-    "Remove this marker once fixed.",
-)
 @ALL
 def test_corrupted_bytes_decode_or_raise_format_error(kind: Kind) -> None:
     blob = _sample(kind).to_bytes()
@@ -791,8 +849,8 @@ def test_hll_mode_stays_within_relative_error(merged: bool) -> None:
         items = [f"s{trial}-{i}" for i in range(distinct)]
         if merged:
             cut = int(rng.integers(0, distinct + 1))
-            sketch = DistinctCount().merge(_of_distinct(items[:cut])).merge(
-                _of_distinct(items[cut:])
+            sketch = (
+                DistinctCount().merge(_of_distinct(items[:cut])).merge(_of_distinct(items[cut:]))
             )
         else:
             sketch = _of_distinct(items)
