@@ -31,13 +31,13 @@ class CategoryCounts:
         self._counts: Counter[str] = Counter(counts or {})
 
     def update(self, items: Iterable[str]) -> None:
-        self._counts.update(items)
+        self._counts.update(map(str, items))  # numpy str_ keys would not serialise
 
     def update_counts(self, labels: Sequence[str], counts: Iterable[int]) -> None:
         """Add ``counts[i]`` to ``labels[i]`` (a vectorised ``bincount`` feeds this)."""
         for label, count in zip(labels, counts, strict=True):
             if count:
-                self._counts[label] += int(count)
+                self._counts[str(label)] += int(count)
 
     def merge(self, other: CategoryCounts) -> CategoryCounts:
         return CategoryCounts(dict(self._counts + other._counts))

@@ -32,15 +32,19 @@ _NO_FALSE_POSITIVES = ds.frequent_items_error_type.NO_FALSE_POSITIVES
 class FrequentItems:
     """Heavy hitters over weighted string items."""
 
-    __slots__ = ("_lg_max_k", "_sketch")
+    __slots__ = ("_lg_max_k", "_sketch", "_total")
 
     def __init__(self, lg_max_k: int = 10) -> None:
         self._lg_max_k = lg_max_k
         self._sketch = ds.frequent_strings_sketch(lg_max_k)
+        # Kept here, not read from the sketch: a DataSketches frequent-items sketch whose purge
+        # cleared every counter serialises as empty and merges as nothing, losing its weight
+        # (apache/datasketches-cpp#527).
+        self._total = 0
 
     @property
     def total_weight(self) -> int:
-        return int(self._sketch.total_weight)
+        return self._total
 
     @property
     def error_bound(self) -> float:
@@ -50,12 +54,14 @@ class FrequentItems:
     def update_counts(self, items: Sequence[str], counts: Iterable[int]) -> None:
         for item, count in zip(items, counts, strict=True):
             self._sketch.update(item, int(count))
+            self._total += int(count)
 
     def merge(self, other: FrequentItems) -> FrequentItems:
         if other._lg_max_k != self._lg_max_k:
             raise IncompatibleSketchError("frequent-items sketches differ in lg_max_k")
         merged = FrequentItems.from_bytes(self.to_bytes())
         merged._sketch.merge(other._sketch)
+        merged._total += other._total
         return merged
 
     def top(self, n: int) -> list[tuple[str, int]]:
@@ -68,9 +74,8 @@ class FrequentItems:
         return int(self._sketch.get_estimate(item))
 
     def to_bytes(self) -> bytes:
-        return pack(
-            "frequent_items", {"lg_max_k": self._lg_max_k}, [bytes(self._sketch.serialize())]
-        )
+        header = {"lg_max_k": self._lg_max_k, "total": self._total}
+        return pack("frequent_items", header, [bytes(self._sketch.serialize())])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FrequentItems:
@@ -78,6 +83,7 @@ class FrequentItems:
             header, (blob,) = unpack(data, "frequent_items")
             sketch = cls(int(header["lg_max_k"]))
             sketch._sketch = ds.frequent_strings_sketch.deserialize(blob)
+            sketch._total = int(header["total"])
             return sketch
 
     def _content(self) -> tuple[int, int, list[tuple[str, int, int, int]]]:
@@ -103,11 +109,12 @@ class DistinctCount:
     @property
     def relative_error(self) -> float:
         """Relative error bound at two standard deviations (about 95 % confidence)."""
-        return abs(float(ds.hll_sketch.get_rel_err(True, False, self._lg_k, 2)))
+        return abs(float(ds.hll_sketch.get_rel_err(True, True, self._lg_k, 2)))
 
     def update(self, items: Iterable[str]) -> None:
         for item in items:
-            self._sketch.update(item)
+            # a fixed prefix keeps items distinct and makes "" countable (HLL ignores "")
+            self._sketch.update("\x1f" + item)
 
     def merge(self, other: DistinctCount) -> DistinctCount:
         if other._lg_k != self._lg_k:

@@ -23,8 +23,6 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 
 from .errors import ReferenceError_
 
@@ -146,6 +144,8 @@ class _Kernel(NamedTuple):
 
 def fit_pca(vectors: F32, n_components: int, seed: int = 0) -> tuple[F32, F32]:
     """Mean and orthonormal components of a PCA fitted on ``vectors`` (k capped by the data)."""
+    from sklearn.decomposition import PCA  # here: loading scikit-learn takes seconds
+
     k = max(1, min(n_components, vectors.shape[0] - 1, vectors.shape[1]))
     pca = PCA(n_components=k, random_state=seed).fit(vectors)
     return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
@@ -160,6 +160,8 @@ def pca_centroids(
     fit a PCA on all rows, average each label's PCA coordinates, ``inverse_transform`` the
     means. Labels come back sorted (``np.unique`` order).
     """
+    from sklearn.decomposition import PCA
+
     x = np.asarray(vectors)
     y = np.asarray(labels)
     if x.shape[0] != y.shape[0]:
@@ -173,6 +175,8 @@ def pca_centroids(
 
 def kmeans_centroids(vectors: npt.NDArray[np.floating[Any]], clusters: int, seed: int = 0) -> F32:
     """K-means centroids (k-means++ init, several restarts) of ``vectors``."""
+    from sklearn.cluster import KMeans
+
     if clusters < 1 or clusters > vectors.shape[0]:
         raise ReferenceError_(f"cannot find {clusters} clusters in {vectors.shape[0]} rows")
     model = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit(vectors)

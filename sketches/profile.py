@@ -79,7 +79,7 @@ class WindowProfile:
         return profile
 
     def update(self, batch: EventBatch) -> None:
-        """Add a batch of events. Rows with NaN/Inf embeddings are counted as invalid."""
+        """Add a batch of events. Rows whose features are not finite are counted as invalid."""
         if self._space is None:
             raise IncompatibleSketchError(
                 "this profile was read from bytes; create one with WindowProfile.empty(space, "
@@ -89,7 +89,12 @@ class WindowProfile:
             return
         features = self._space.features(batch.embeddings)
         if not np.isfinite(features.residual).all():  # the cheap test; exact one if it fails
-            finite = np.isfinite(batch.embeddings).all(axis=1)
+            # NaN/Inf inputs, and finite ones so large that their squares overflow float32
+            finite = (
+                np.isfinite(features.residual)
+                & np.isfinite(features.distances).all(axis=1)
+                & np.isfinite(features.coords).all(axis=1)
+            )
             if not finite.all():
                 self.invalid += int((~finite).sum())
                 rows = np.flatnonzero(finite)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from .drift import CategoricalStatistic
 from .errors import FormatError, ReferenceError_
 from .geometry import Distance, EmbeddingSpace, fit_pca, kmeans_centroids
 from .profile import WindowProfile
+from .serial import pack, unpack
 
 __all__ = ["METHODS", "Reference", "build_reference"]
 
@@ -59,6 +61,9 @@ class Reference:
     statistic: CategoricalStatistic
     method: str
     info: dict[str, Any] = field(default_factory=dict)
+    profile_bytes: bytes = field(default=b"", repr=False, compare=False)
+    """The exact profile bytes the version was computed over (sketch bytes are not canonical:
+    reading a KLL sketch re-sorts it), written back unchanged by :meth:`save`."""
 
     @property
     def dim(self) -> int:
@@ -93,7 +98,7 @@ class Reference:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         (out / "arrays.npz").write_bytes(_arrays_bytes(self.space))
-        (out / "profile.bin").write_bytes(self.profile.to_bytes())
+        (out / "profile.bin").write_bytes(self.profile_bytes or self.profile.to_bytes())
         meta = {
             "format": FORMAT,
             "version": self.version,
@@ -116,30 +121,45 @@ class Reference:
         src = Path(directory)
         try:
             meta = orjson.loads((src / "reference.json").read_bytes())
-            arrays = np.load(src / "arrays.npz")
             profile_bytes = (src / "profile.bin").read_bytes()
+            arrays_bytes = (src / "arrays.npz").read_bytes()
         except (OSError, ValueError) as exc:
             raise ReferenceError_(
                 f"cannot read a reference from {src}: {exc}; build one with `embmon reference build`"
             ) from exc
-        if meta.get("format") != FORMAT:
-            raise FormatError(f"{src}/reference.json is not an {FORMAT} file")
-        space = EmbeddingSpace(
-            centroids=arrays["centroids"],
-            labels=tuple(meta["labels"]),
-            distance=meta["distance"],
-            mean=arrays["mean"],
-            components=arrays["components"],
-        )
-        calibration = Calibration.from_dict(meta["calibration"])
-        version = _content_hash(space, calibration, meta["statistic"], profile_bytes)
-        if version != meta["version"]:
+        try:
+            with np.load(io.BytesIO(arrays_bytes), allow_pickle=False) as arrays:
+                centroids, mean, components = (
+                    arrays["centroids"],
+                    arrays["mean"],
+                    arrays["components"],
+                )
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise FormatError(f"{src}/reference.json is not an {FORMAT} file")
+            space = EmbeddingSpace(
+                centroids=centroids,
+                labels=tuple(meta["labels"]),
+                distance=meta["distance"],
+                mean=mean,
+                components=components,
+            )
+            calibration = Calibration.from_dict(meta["calibration"])
+            version = _content_hash(space, calibration, meta["statistic"], profile_bytes)
+            profile = WindowProfile.from_bytes(profile_bytes, space)
+        except (KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise FormatError(f"reference in {src} is corrupt: {exc}") from exc
+        if version != meta["version"] or profile.reference_version != version:
             raise FormatError(
                 f"reference in {src} is corrupt: its content does not match {meta['version']}"
             )
-        profile = WindowProfile.from_bytes(profile_bytes, space)
         return cls(
-            space, profile, calibration, meta["statistic"], meta["method"], meta.get("info", {})
+            space,
+            profile,
+            calibration,
+            meta["statistic"],
+            meta["method"],
+            meta.get("info", {}),
+            profile_bytes,
         )
 
 
@@ -163,9 +183,13 @@ def _content_hash(
 
 def _without_version(profile_bytes: bytes) -> bytes:
     """Profile bytes with the version blanked (the version is what is being computed)."""
-    profile = WindowProfile.from_bytes(profile_bytes)
-    profile.reference_version = ""
-    return profile.to_bytes()
+    return _with_version(profile_bytes, "")
+
+
+def _with_version(profile_bytes: bytes, version: str) -> bytes:
+    """The same profile bytes with another version in the header; the sketch blobs untouched."""
+    header, blobs = unpack(profile_bytes, "window_profile")
+    return pack("window_profile", {**header, "reference": version}, blobs)
 
 
 def _finite(vectors: npt.ArrayLike) -> F32:
@@ -308,10 +332,19 @@ def build_reference(
         seed=seed,
         progress=progress,
     )
-    version = _content_hash(space, calibration, statistic, draft.to_bytes())
+    draft_bytes = draft.to_bytes()
+    version = _content_hash(space, calibration, statistic, draft_bytes)
     draft.reference_version = version
     info = {
         "rows": {"fit": int(x_fit.shape[0]), "profile": len(prof), "holdout": len(hold)},
         "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
-    return Reference(space, draft, calibration, statistic, method, cast(dict[str, Any], info))
+    return Reference(
+        space,
+        draft,
+        calibration,
+        statistic,
+        method,
+        cast(dict[str, Any], info),
+        _with_version(draft_bytes, version),
+    )

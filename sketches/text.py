@@ -34,7 +34,7 @@ class TextFeatures:
 
     doc_lengths: Ints  # terms per document, one entry per document
     term_ids: Ints  # all terms of all documents, flattened
-    vocab: npt.NDArray[np.str_]
+    vocab: npt.NDArray[np.object_]  # Python str objects: numpy's fixed-width str drops NULs
 
 
 def text_features(tokens: Sequence[Sequence[str] | None]) -> TextFeatures:
@@ -45,7 +45,7 @@ def text_features(tokens: Sequence[Sequence[str] | None]) -> TextFeatures:
     return TextFeatures(
         np.fromiter((len(doc) for doc in docs), dtype=np.int64, count=len(docs)),
         np.asarray(ids, dtype=np.int64),
-        np.asarray(list(index), dtype=np.str_),
+        np.fromiter(index, dtype=object, count=len(index)),
     )
 
 
@@ -76,7 +76,7 @@ class TextSketch:
         terms = features.vocab[present].tolist()
         self.terms.update_counts(terms, counts[present].tolist())
         self.distinct.update(terms)
-        lengths = np.char.str_len(features.vocab[present])
+        lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
         self.term_length.update(np.repeat(lengths, counts[present]))
 
     def merge(self, other: TextSketch) -> TextSketch:

@@ -96,13 +96,6 @@ def test_clean_windows_are_flagged_at_most_alpha_of_the_time(
     assert p > P_VALUE, f"{reference.distance}: {rate}; binomial p = {p:.2g}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="REPORTED: at the smallest calibrated size (n = 10) a cosine reference built with "
-    "the default 300 rounds flags ~7.5 % of clean windows (alpha 5 %): the family-wise "
-    "quantiles are estimated from 300 bootstrap windows with no allowance for their own "
-    "sampling error, and n = 10 statistics are coarse. 1,000 rounds give 3.6-4.4 %.",
-)
 def test_the_smallest_windows_are_flagged_at_most_alpha_of_the_time() -> None:
     reference = _reference("cosine")
     rate = _false_alarms(reference, 10, 2000, seed=10)

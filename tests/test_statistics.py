@@ -357,12 +357,6 @@ def test_features_match_sklearn_and_a_numpy_projection(distance: Distance, seed:
     assert features.residual[-1] <= math.sqrt(2 * tolerance) * norms[-1]  # in the subspace
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): a finite embedding whose squared norm overflows float32 (|x_i| "
-    "~ 1e20) is neither counted invalid nor profiled correctly: NaN features are dropped by "
-    "some KLL columns and not others, and the centroid sums become huge.",
-)
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 def test_every_part_of_a_profile_sees_the_same_events(distance: Distance) -> None:
     space = _space(distance)
@@ -425,11 +419,6 @@ def test_text_sketch_readouts_equal_counter_and_numpy(docs: list[list[str] | Non
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): text_features builds the vocabulary as a fixed-width numpy str "
-    "array, which drops trailing NULs: 'a\\x00' is counted as 'a' with length 1.",
-)
 def test_text_sketch_counts_tokens_ending_in_nul_as_themselves() -> None:
     sketch = TextSketch()
     sketch.update([["a", "a\x00"]])
@@ -437,11 +426,6 @@ def test_text_sketch_counts_tokens_ending_in_nul_as_themselves() -> None:
     assert sketch.term_length.quantiles(0, [1.0]).tolist() == [2.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): datasketches' hll_sketch.update('') is a no-op, so the empty "
-    "string is never a distinct item (frequent terms do count it).",
-)
 def test_text_sketch_counts_the_empty_token_as_a_distinct_term() -> None:
     sketch = TextSketch()
     sketch.update([["", "a"]])
