@@ -203,10 +203,16 @@ class KafkaSource:
 
     With ``until_end=True`` the end offsets of every partition are taken at start and nothing
     at or past them is returned; ``finished()`` tells when all assigned partitions reached them.
+    A partition counts as caught up (no longer holding the watermark back) once it has been at
+    its high watermark for ``idle_ms``.
     """
 
-    def __init__(self, settings: KafkaSettings, *, until_end: bool = False) -> None:
+    def __init__(
+        self, settings: KafkaSettings, *, until_end: bool = False, idle_ms: int = 1500
+    ) -> None:
         self._settings = settings
+        self._idle_s = idle_ms / 1000
+        self._at_end_since: dict[TopicPartition, float] = {}
         self._stop: dict[TopicPartition, int] | None = None
         if until_end:
             self._stop = self.end_offsets()
@@ -222,6 +228,7 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int) -> Poll:
         """Records of the assigned partitions, and the assignment changes met on the way."""
+        self._unstick_parked_records()
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         final = frozenset(self._consumer.assignment())
         revoked, fresh = _changes(self._held, self._listener.drain(), final)
@@ -270,6 +277,8 @@ class KafkaSource:
         under ``until_end`` a partition at its stop offset always is.
         """
         paused = self._consumer.paused()
+        buffered = self._buffered_partitions()
+        now = time.monotonic()
         out: dict[TopicPartition, PartitionProgress] = {}
         for tp in self._held:
             position = self._consumer.position(tp)
@@ -277,9 +286,19 @@ class KafkaSource:
                 continue
             highwater = self._consumer.highwater(tp)
             done = self._stop is not None and position >= self._stop.get(tp, 0)
-            caught_up = done or (
-                tp not in paused and highwater is not None and position >= highwater
+            at_end = (
+                tp not in paused
+                and tp not in buffered
+                and highwater is not None
+                and position >= highwater
             )
+            if not at_end:
+                self._at_end_since.pop(tp, None)
+            since = self._at_end_since.setdefault(tp, now) if at_end else now
+            # A high watermark is only as fresh as the partition's last fetch response read: a
+            # partition with fetched records still buffered, or a fetch in flight, may well be
+            # behind its reported high watermark. Only one at its end for a while is caught up.
+            caught_up = done or (at_end and now - since >= self._idle_s)
             out[tp] = PartitionProgress(int(position), highwater, caught_up)
         return out
 
@@ -370,6 +389,35 @@ class KafkaSource:
             # records this run did not hand out.
             self._consumer.seek(tp, stop)
         return kept
+
+    def _buffered_partitions(self) -> set[TopicPartition]:
+        """Partitions with fetched records not yet returned (kafka-python's fetcher buffers)."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is None:
+            return set()
+        found = {f.topic_partition for f in list(getattr(fetcher, "_completed_fetches", ()))}
+        current = getattr(fetcher, "_next_partition_records", None)
+        if current:
+            found.add(current.topic_partition)
+        found.update(getattr(fetcher, "_paused_completed_fetches", {}))
+        found.update(getattr(fetcher, "_paused_partition_records", {}))
+        return found
+
+    def _unstick_parked_records(self) -> None:
+        """Work around a kafka-python 3.0.12 stall after ``resume`` (run before every poll).
+
+        ``Fetcher.fetched_records`` restores records parked by ``pause()`` only when its
+        in-line slot is ``None``, but a fully read batch stays there (empty, not ``None``); the
+        resumed partition is then never fetched again. Freeing the empty slot lets it restore.
+        """
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        current = getattr(fetcher, "_next_partition_records", None)
+        if (
+            current is not None
+            and not current
+            and getattr(fetcher, "_paused_partition_records", None)
+        ):
+            fetcher._next_partition_records = None  # type: ignore[union-attr]
 
     def _finished_partitions(self) -> set[TopicPartition]:
         if self._stop is None:

@@ -103,6 +103,7 @@ class Pipeline:
                 self.metrics.rejected["late"] += late
             self.metrics.events.update(added)
             self.metrics.replayed += replayed
+            self.metrics.open_windows = self.store.open_windows  # consistent with the counts
         return decoded
 
     def close(self, everything: bool = False) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from tests.broker import produce
 
 __all__ = [
     "DAY",
+    "GROUP_TIMEOUTS",
     "HOUR",
     "MODEL",
     "T0",
@@ -48,6 +49,7 @@ __all__ = [
     "digits_reference",
     "expected_counts",
     "iso",
+    "line_count",
     "produce_events",
     "wait_for",
     "window_counts",
@@ -389,13 +391,37 @@ class AgentProcess:
         wait_for(ready, f"{self.name} /readyz", timeout_s=timeout_s, agents=[self])
 
     def wait_metrics(
-        self, condition: Callable[[Metrics], bool], what: str, timeout_s: float = 60.0
+        self,
+        condition: Callable[[Metrics], bool],
+        what: str,
+        timeout_s: float = 60.0,
+        *,
+        stall_s: float | None = None,
     ) -> Metrics:
-        """Scrape until ``condition(scrape)`` holds; returns that scrape."""
+        """Scrape until ``condition(scrape)`` holds; returns that scrape.
+
+        With ``stall_s``, fails as soon as the consumer made no progress (same events total and
+        lag) for that long while the condition does not hold.
+        """
+        last: list[object] = [None, time.monotonic()]
 
         def met() -> Metrics | None:
             scrape = self.metrics()
-            return scrape if condition(scrape) else None
+            if condition(scrape):
+                return scrape
+            if stall_s is not None:
+                state = (
+                    scrape.samples.get("embmon_events_total"),
+                    scrape.samples.get("embmon_consumer_lag_records"),
+                )
+                if state != last[0]:
+                    last[:] = [state, time.monotonic()]
+                elif time.monotonic() - cast(float, last[1]) > stall_s:
+                    pytest.fail(
+                        f"{self.name} stalled for {stall_s} s waiting for {what}: events and lag "
+                        f"unchanged at {state}\n{self.log_tail()}"
+                    )
+            return None
 
         return wait_for(met, what, timeout_s=timeout_s, interval_s=0.1, agents=[self])
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.agent_scenarios import (
     DAY,
+    HOUR,
     MODEL,
     T0,
     AgentProcess,
@@ -183,3 +184,99 @@ def test_live_agent_serves_metrics_of_the_last_closed_window_and_stops_on_sigter
     final = window_records(out)
     assert len(final) == DAYS
     assert [d for d, r in enumerate(final) if r["drifted"]] == list(SHIFTED)
+
+
+def test_live_agent_catching_up_a_burst_counts_no_event_late(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Every partition in time order, the agent caught up, then a burst: nothing is late."""
+    partitions, per_window, windows, first = 4, 200, 42, 2
+    reference = digits_reference(tmp_path_factory)
+    events = digits_events(windows=windows, per_window=per_window, window_s=HOUR, seed=9)
+    topic = new_topic(kafka_bootstrap, partitions, prefix="burst")
+    produce_events(
+        kafka_bootstrap, topic, partitions, [e.value for e in events[: first * per_window]]
+    )
+    with AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=topic,
+        group=group(),
+        reference=reference,
+        out=tmp_path / "out",
+        window="1h",
+        lateness="2h",
+        extra=("--max-poll-records", "200"),
+    ) as agent:
+        agent.wait_ready()
+
+        def caught_up(m: Metrics) -> bool:
+            lag = m.by("embmon_consumer_lag_records", "partition", topic=topic)
+            events_total = m.get("embmon_events_total", model=MODEL)
+            return (
+                len(lag) == partitions
+                and sum(lag.values()) == 0
+                and events_total == first * per_window
+            )
+
+        agent.wait_metrics(caught_up, "the first two windows read")
+        produce_events(
+            kafka_bootstrap, topic, partitions, [e.value for e in events[first * per_window :]]
+        )
+
+        def read_all(m: Metrics) -> bool:
+            added = m.get("embmon_events_total", model=MODEL) or 0
+            late = m.get("embmon_events_rejected_total", reason="late") or 0
+            return added + late == len(events)
+
+        scrape = agent.wait_metrics(read_all, "the burst read")
+        agent.terminate()
+        assert agent.wait_exit(STOP_TIMEOUT_S) == 0, agent.log_tail()
+    late = scrape.get("embmon_events_rejected_total", reason="late")
+    closed = window_records(tmp_path / "out")
+    short = {r["window_start"]: r["events"] for r in closed if r["events"] != per_window}
+    assert late is None and short == {}, f"{late} events late; windows short: {short}"
+
+
+def test_agent_reading_a_backlog_with_paused_partitions_does_not_stall(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A backlog larger than one fetch per partition, read with watermark-lead pausing."""
+    partitions, per_window, windows = 3, 200, 20
+    reference = digits_reference(tmp_path_factory)
+    events = digits_events(windows=windows, per_window=per_window, window_s=HOUR, seed=13)
+    topic = new_topic(kafka_bootstrap, partitions, prefix="backlog")
+    produce_events(kafka_bootstrap, topic, partitions, [e.value for e in events])
+    with AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=topic,
+        group=group(),
+        reference=reference,
+        out=tmp_path / "out",
+        window="1h",
+        # ~50 records per partition and fetch (the default 1 MiB holds ~3000 of these events),
+        # and pausing as soon as a partition is one window ahead.
+        extra=(
+            "--max-partition-fetch-bytes",
+            "16384",
+            "--max-poll-records",
+            "100",
+            "--watermark-lead-windows",
+            "1",
+        ),
+    ) as agent:
+        agent.wait_ready()
+
+        def read_all(m: Metrics) -> bool:
+            lag = m.by("embmon_consumer_lag_records", "partition", topic=topic)
+            return (
+                len(lag) == partitions
+                and sum(lag.values()) == 0
+                and (m.get("embmon_events_total", model=MODEL) == len(events))
+            )
+
+        agent.wait_metrics(read_all, "the backlog read", stall_s=5.0)
+        assert agent.get("/healthz")[0] == 200
+        agent.terminate()
+        assert agent.wait_exit(STOP_TIMEOUT_S) == 0, agent.log_tail()
+    closed = window_records(tmp_path / "out")
+    assert [r["events"] for r in closed] == [per_window] * (windows - 1)

@@ -25,8 +25,14 @@ def test_example_file_loads_and_documents_every_setting() -> None:
 def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     config = tmp_path / "embmon.yaml"
     config.write_text("window: 1d\nmetrics_port: 1000\ntopics: [a]\nuntil_end: false\n")
-    env = {"EMBMON_METRICS_PORT": "2000", "EMBMON_UNTIL_END": "yes", "EMBMON_SEGMENT_KEYS": "region, tier"}
-    settings = load_settings(config, env=env, flags={"metrics_port": "3000", "topics": ["x", "y,z"]})
+    env = {
+        "EMBMON_METRICS_PORT": "2000",
+        "EMBMON_UNTIL_END": "yes",
+        "EMBMON_SEGMENT_KEYS": "region, tier",
+    }
+    settings = load_settings(
+        config, env=env, flags={"metrics_port": "3000", "topics": ["x", "y,z"]}
+    )
     assert settings.window == "1d"
     assert settings.metrics_port == 3000
     assert settings.until_end is True
@@ -59,7 +65,10 @@ def test_bad_files_fail_with_a_clear_message(tmp_path: Path, content: str, messa
 
 def test_every_flag_help_names_its_variable() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "agent.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     flat = " ".join(result.stdout.split())
     for f in dataclasses.fields(Settings):

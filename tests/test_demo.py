@@ -16,7 +16,9 @@ def test_demo_tells_the_seed_story(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "agent.cli", "demo", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "as in the seed: days 5–7 drifted, days 1–4 did not" in result.stdout
@@ -36,7 +38,9 @@ def test_demo_tells_the_seed_story(tmp_path: Path) -> None:
     for r in records[:4]:
         assert not SPANISH_STOP_WORDS & {t for t, _ in r["frequent_terms"][:5]}, r["frequent_terms"]
     for r in records[5:]:
-        assert len(SPANISH_STOP_WORDS & {t for t, _ in r["frequent_terms"][:5]}) >= 3, r["frequent_terms"]
+        assert len(SPANISH_STOP_WORDS & {t for t, _ in r["frequent_terms"][:5]}) >= 3, r[
+            "frequent_terms"
+        ]
     # Figure 5: F1 falls
     f1 = [r["classification"]["f1_macro"] for r in records]
     assert min(f1[:4]) > max(f1[5:]) and f1[6] < 0.6, f1
