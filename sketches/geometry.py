@@ -18,8 +18,7 @@ new kind of input arrives).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -83,63 +82,32 @@ class EmbeddingSpace:
     def n_components(self) -> int:
         return int(self.components.shape[0])
 
-    @cached_property
-    def _kernel(self) -> _Kernel:
-        return _Kernel.of(self)
-
     def features(self, vectors: F32) -> EmbeddingFeatures:
         """Distances, closest centroid, PCA coordinates and residual of each row, vectorised.
 
-        One matrix product reads the vectors once for everything linear in them (centroid
-        dot products, PCA coordinates, the dot product with the mean); the rest is per row.
-        The outputs are transposed views: each centroid's distances are contiguous, as the
-        quantile sketches take them. A NaN or infinity in a row makes its residual non-finite.
+        A NaN or infinity in a row makes its residual non-finite (without warnings), so a
+        caller can test the residuals instead of the whole matrix.
         """
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected vectors of dimension {self.dim}, got shape {x.shape}")
-        kernel = self._kernel
-        c, k = len(self.labels), self.n_components
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            products = kernel.weights @ x.T  # (C + k + 1, n)
+            dots = x @ self.centroids.T
             row_sq = np.einsum("ij,ij->i", x, x)
-            dots = products[:c]
             if self.distance == "cosine":
-                norms = kernel.centroid_norms[:, None] * np.sqrt(row_sq)
+                norms = np.sqrt(row_sq)[:, None] * np.linalg.norm(self.centroids, axis=1)[None, :]
                 cos = np.where(norms > 0, dots / norms, 0.0)
-                distances = 1.0 - np.clip(cos, -1.0, 1.0)
+                distances = (1.0 - np.clip(cos, -1.0, 1.0)).astype(np.float32)
             else:
-                squared = row_sq + kernel.centroid_sq[:, None] - 2.0 * dots
-                distances = np.sqrt(np.maximum(squared, 0.0))
-            coords = products[c : c + k] - kernel.mean_coords[:, None]
-            # |x - mean|^2 - |coords|^2, with |x - mean|^2 = |x|^2 - 2 x.mean + |mean|^2
-            centred_sq = row_sq.astype(np.float64) - 2.0 * products[c + k] + kernel.mean_sq
-            off = centred_sq - np.einsum("ij,ij->j", coords, coords)
+                centroid_sq = np.einsum("ij,ij->i", self.centroids, self.centroids)
+                squared = row_sq[:, None] + centroid_sq[None, :] - 2.0 * dots
+                distances = np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+            centred = x - self.mean
+            coords = (centred @ self.components.T).astype(np.float32)
+            off = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", coords, coords)
             residual = np.sqrt(np.maximum(off, 0.0)).astype(np.float32)
-        closest = np.argmin(distances, axis=0).astype(np.intp)
-        return EmbeddingFeatures(distances.T, closest, coords.T, residual)
-
-
-class _Kernel(NamedTuple):
-    """What ``features`` needs of a space, computed once per space."""
-
-    weights: F32  # (C + k + 1, d): centroids, components, mean
-    centroid_sq: F32  # (C,) squared centroid norms
-    centroid_norms: F32  # (C,)
-    mean_coords: F32  # (k,) the mean's own coordinates
-    mean_sq: float  # squared norm of the mean
-
-    @classmethod
-    def of(cls, space: EmbeddingSpace) -> _Kernel:
-        centroids, mean = space.centroids, space.mean
-        weights = np.vstack([centroids, space.components, mean[None, :]]).astype(np.float32)
-        return cls(
-            weights,
-            np.einsum("ij,ij->i", centroids, centroids),
-            np.linalg.norm(centroids, axis=1),
-            (space.components @ mean).astype(np.float32),
-            float(mean.astype(np.float64) @ mean),
-        )
+        closest = np.argmin(distances, axis=1).astype(np.intp)
+        return EmbeddingFeatures(distances, closest, coords, residual)
 
 
 def fit_pca(vectors: F32, n_components: int, seed: int = 0) -> tuple[F32, F32]:

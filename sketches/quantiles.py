@@ -31,7 +31,6 @@ __all__ = ["QuantileSketch", "hellinger_on_sketches", "ks_on_sketches"]
 
 FloatArray = npt.NDArray[np.float64]
 DEFAULT_K = 200
-_SCALAR_ROWS = 8
 
 
 class QuantileSketch:
@@ -74,14 +73,8 @@ class QuantileSketch:
         if matrix.shape[0] == 0:
             return
         self._views.clear()
-        if matrix.shape[0] < _SCALAR_ROWS:  # a few rows: one call per value costs less
-            for row in matrix.tolist():
-                for sketch, value in zip(self._sketches, row, strict=True):
-                    sketch.update(value)
-            return
-        # One contiguous array per column; a transposed (column-major) input needs no copy.
-        for sketch, column in zip(self._sketches, np.ascontiguousarray(matrix.T), strict=True):
-            sketch.update(column)
+        for column, sketch in enumerate(self._sketches):
+            sketch.update(np.ascontiguousarray(matrix[:, column]))
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:
         """A new sketch summarising both inputs; neither input changes."""

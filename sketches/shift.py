@@ -32,16 +32,14 @@ class CentroidSums:
         self.squares = np.zeros(centroids, dtype=np.float64)
 
     def update(self, closest: npt.NDArray[np.intp], coords: npt.NDArray[np.float32]) -> None:
-        c, k = self.sums.shape
+        c = self.counts.shape[0]
         self.counts += np.bincount(closest, minlength=c)
-        # One bincount for every (component, centroid) cell: bin j * c + closest[i] sums
-        # component j; each cell adds its events in order, as a bincount per component would.
-        columns = np.ascontiguousarray(coords.T)
-        cells = (np.arange(k)[:, None] * c + closest).ravel()
-        sums = np.bincount(cells, weights=columns.ravel(), minlength=c * k)
-        self.sums += sums.reshape(k, c).T
+        for component in range(self.sums.shape[1]):
+            self.sums[:, component] += np.bincount(
+                closest, weights=coords[:, component], minlength=c
+            )
         self.squares += np.bincount(
-            closest, weights=np.einsum("ij,ij->j", columns, columns).astype(np.float64), minlength=c
+            closest, weights=np.einsum("ij,ij->i", coords, coords).astype(np.float64), minlength=c
         )
 
     def merge(self, other: CentroidSums) -> CentroidSums:
