@@ -232,7 +232,7 @@ def test_processing_time_windows_by_the_clock() -> None:
 
 
 class Killed(Exception):
-    pass
+    """The simulated SIGKILL."""
 
 
 Logs = dict[tuple[str, int], list[tuple[int, float, str]]]  # (id, event time, model)
