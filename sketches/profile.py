@@ -78,6 +78,11 @@ class WindowProfile:
         profile._space = space
         return profile
 
+    @property
+    def space(self) -> EmbeddingSpace | None:
+        """The reference space this profile can ``update`` from (None when read from bytes)."""
+        return self._space
+
     def update(self, batch: EventBatch) -> None:
         """Add a batch of events. Rows whose features are not finite are counted as invalid."""
         if self._space is None:
