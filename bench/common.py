@@ -9,6 +9,7 @@ labelled rows, a few calibration rounds, which only affect thresholds, not updat
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import resource
 import statistics
@@ -51,11 +52,9 @@ def reference_dir(dim: int, centroids: int, *, rows: int | None = None) -> Path:
     """A real reference (``pca-centroids``, cosine, 20 PCA components), built once, cached."""
     rows = rows or max(40 * centroids, 4000)
     path = CACHE / f"reference-d{dim}-c{centroids}-r{rows}"
-    try:
+    with contextlib.suppress(EmbmonError):  # not built yet, or by an older embmon: build it
         Reference.load(path)
         return path
-    except EmbmonError:  # not built yet, or written by an older embmon: build it
-        pass
     x, y = mixture(rows, dim, centroids, seed=1)
     ref = build_reference(
         EventBatch.from_vectors(x),

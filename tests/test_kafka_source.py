@@ -253,7 +253,7 @@ def test_blocking_commit_in_a_rebalance_listener_raises(kafka_bootstrap: str) ->
 
     class Committing(ConsumerRebalanceListener):  # type: ignore[misc]
         def on_partitions_revoked(self, revoked: object) -> None:
-            pass
+            """Nothing held yet on the first join: the commit is tried on assignment."""
 
         def on_partitions_assigned(self, assigned: object) -> None:
             try:
