@@ -16,9 +16,9 @@ from sketches.errors import EmbmonError
 from sketches.reference import METHODS, Method, Reference, build_reference
 
 from .config import add_settings_flags
+from .durations import parse_duration
 from .fields import FieldMap
 from .progress import Progress
-from .windows import parse_duration
 
 __all__ = ["main"]
 
@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         "--openmetrics", help="also write the series with timestamps to this OpenMetrics file"
     )
     rep.add_argument("--quiet", action="store_true", help="no table, no progress")
+    rerun = rep.add_mutually_exclusive_group()
+    rerun.add_argument(
+        "--overwrite", action="store_true", help="replace the output of an earlier run in --out"
+    )
+    rerun.add_argument(
+        "--resume", action="store_true", help="continue the earlier run whose output is in --out"
+    )
 
     run = commands.add_parser("run", help="the streaming agent: Kafka in, Prometheus out")
     add_settings_flags(run)
@@ -172,10 +179,12 @@ def _replay(args: argparse.Namespace) -> int:
         lateness=None if args.lateness is None else parse_duration(args.lateness),
         fields=fields,
         segment_keys=tuple(k for k in args.segment_keys.split(",") if k),
+        overwrite=args.overwrite,
+        resume=args.resume,
         on_close=None if args.quiet else (lambda record: print(format_row(record), flush=True)),
         show_progress=not args.quiet,
     )
-    drifted = sum(1 for w in summary.windows if w["drifted"])
+    drifted = sum(1 for w in summary.windows if w.drifted)
     print(
         f"{len(summary.windows)} windows ({drifted} drifted), {summary.events:,} events, "
         f"rejected {summary.rejected or 'none'}; wrote {summary.out / 'windows.jsonl'}"
@@ -214,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .run import run_from_args
 
             return run_from_args(vars(args))
-        from .demo import run_demo
+        from demo.story import run_demo
 
         return run_demo(
             out=Path(args.out),

@@ -119,6 +119,13 @@ class Settings:
         default=50, metadata={"help": "distinct segment label values per model before folding"}
     )
     max_terms: int = field(default=10, metadata={"help": "frequent terms exported per window"})
+    series_expiry_windows: int = field(
+        default=24,
+        metadata={
+            "help": "stop exporting a (model, segment) this many windows behind the newest "
+            "closed window (0: never)"
+        },
+    )
     watermark_lead_windows: int = field(
         default=3, metadata={"help": "pause a partition this many windows ahead of the others"}
     )

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import orjson
 
 from agent.fields import FieldMap, get_path
+from exporters.records import SegmentKey
 from sketches.batch import EventBatch, FloatMatrix
 
 __all__ = [
@@ -32,11 +33,9 @@ __all__ = [
     "DecodedBatch",
     "DecodedGroup",
     "Decoder",
-    "RawRecord",
     "RecordLike",
     "Reject",
     "RejectReason",
-    "Segment",
     "tokenize",
 ]
 
@@ -52,8 +51,8 @@ RejectReason = Literal[
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
-Segment = tuple[tuple[str, str], ...]
-"""The kept segment keys of an event as ``((key, value), ...)`` in configured key order."""
+_Pairs = tuple[tuple[str, str], ...]
+"""The kept segment keys of one event as ``((key, value), ...)``, before canonical ordering."""
 
 # Epoch seconds from 1970 up to ~5138: a value past the end is almost always milliseconds.
 _MAX_EPOCH_SECONDS = 1e11
@@ -77,15 +76,6 @@ class RecordLike(Protocol):
     def offset(self) -> int: ...
 
 
-class RawRecord(NamedTuple):
-    """One record as a source hands it over: bytes, record timestamp in ms (<0: none), position."""
-
-    value: bytes | None
-    timestamp: int
-    partition: int = 0
-    offset: int = 0
-
-
 @dataclass(frozen=True)
 class Reject:
     """A record that could not be decoded: why, where, and its bytes for a dead-letter path."""
@@ -107,7 +97,7 @@ class DecodedGroup:
     """
 
     model: str
-    segment: Segment
+    segment: SegmentKey
     batch: EventBatch
     partitions: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
@@ -158,7 +148,7 @@ class _Row(NamedTuple):
     event_id: str | None
     timestamp: float
     model: str
-    segment: Segment
+    segment: _Pairs
     vector: list[object] | bytes
     tokens: list[str] | None
     prediction: str | None
@@ -171,13 +161,14 @@ class Decoder:
     Built once from the reference and the configuration; ``decode`` keeps no state between
     calls, so one decoder serves every poll of the live agent and every chunk of a replay.
 
+    >>> from agent.source import RawRecord
     >>> dec = Decoder(dim=2, segment_keys=["region"])
     >>> out = dec.decode([
     ...     RawRecord(b'{"embedding": [1, 2], "segment": {"region": "eu", "user": "x"}}', 5000),
     ...     RawRecord(b'{"embedding": [1, 2, 3]}', 5000, offset=1),
     ... ])
-    >>> [(g.model, g.segment, g.batch.timestamps.tolist()) for g in out.groups]
-    [('default', (('region', 'eu'),), [5.0])]
+    >>> [(g.model, g.segment.label, g.batch.timestamps.tolist()) for g in out.groups]
+    [('default', 'region=eu', [5.0])]
     >>> out.rejects[0].reason, out.rejects[0].detail, out.rejects[0].offset
     ('wrong_dimension', 'embedding has 3 values, the reference has 2', 1)
     """
@@ -309,7 +300,7 @@ class Decoder:
             raise _Bad("wrong_type", f"{self.fields.model} must be a non-empty string")
         return value
 
-    def _segment(self, obj: dict[str, object]) -> Segment:
+    def _segment(self, obj: dict[str, object]) -> _Pairs:
         if not self.segment_keys:
             return ()
         value = get_path(obj, self._paths["segment"])
@@ -364,7 +355,7 @@ class Decoder:
     def _group(
         self, rows: list[_Row], keep: list[int], matrix: FloatMatrix
     ) -> tuple[DecodedGroup, ...]:
-        members: dict[tuple[str, Segment], list[int]] = {}
+        members: dict[tuple[str, _Pairs], list[int]] = {}
         for pos in keep:
             members.setdefault((rows[pos].model, rows[pos].segment), []).append(pos)
         groups = []
@@ -379,7 +370,7 @@ class Decoder:
             )
             partitions = np.array([r.record.partition for r in sel], dtype=np.int32)
             offsets = np.array([r.record.offset for r in sel], dtype=np.int64)
-            groups.append(DecodedGroup(model, segment, batch, partitions, offsets))
+            groups.append(DecodedGroup(model, SegmentKey(segment), batch, partitions, offsets))
         return tuple(groups)
 
 

@@ -1,9 +1,10 @@
 """Events from files, handed over exactly as the Kafka source hands over records.
 
-``embmon replay`` feeds these chunks to the same ``Decoder`` the live agent uses, so a backtest,
-a backfill and the live agent can never disagree about what an event means. Files are read in
-chunks, so memory stays bounded however large the file is. Each record's offset is its position
-in the file (0-based line of a JSON-lines file, row of a Parquet file), its partition is 0.
+:class:`FileSource` is a file as a one-partition :class:`agent.source.Source`, so ``embmon
+replay`` runs the live agent's driver, decoder and windows over it: a backtest, a backfill and
+the live agent can never disagree. Files are read in chunks, so memory stays bounded however
+large the file is. Each record's offset is its position in the file (0-based line of a
+JSON-lines file, row of a Parquet file), its partition is 0, its topic ``file:<name>``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import gzip
 import importlib
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from itertools import islice
@@ -25,12 +26,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from agent.decode import Decoder, RawRecord
+from agent.checkpoint import Checkpoint
+from agent.decode import Decoder
 from agent.fields import FieldMap, get_path
+from agent.source import Partition, PartitionProgress, Poll, RawRecord
 from sketches.batch import EventBatch
 from sketches.errors import FormatError
 
-__all__ = ["SUFFIXES", "LoadedEvents", "iter_file_records", "load_events"]
+__all__ = ["SUFFIXES", "FileSource", "LoadedEvents", "iter_file_records", "load_events"]
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".parquet")
 _BOM = b"\xef\xbb\xbf"
@@ -40,7 +43,11 @@ _T = TypeVar("_T")
 
 
 def iter_file_records(
-    path: PathLike, *, chunk_size: int = 10_000, record_timestamp_ms: int | None = None
+    path: PathLike,
+    *,
+    chunk_size: int = 10_000,
+    record_timestamp_ms: int | None = None,
+    topic: str = "",
 ) -> Iterator[list[RawRecord]]:
     """Chunks of at most ``chunk_size`` records of a ``.jsonl[.gz]`` or ``.parquet`` file.
 
@@ -67,7 +74,61 @@ def iter_file_records(
         values = _jsonl_values(p)
     mtime_ms = int(p.stat().st_mtime * 1000)  # a missing file fails here, not on first next()
     stamp = mtime_ms if record_timestamp_ms is None else record_timestamp_ms
-    return _chunks(values, stamp, chunk_size)
+    return _chunks(values, stamp, chunk_size, topic)
+
+
+class FileSource:
+    """A file of events as a source of one partition, read ``chunk_size`` records per poll.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "events.jsonl"
+    >>> _ = p.write_text('{"embedding": [1, 2]}\\n{"embedding": [3, 4]}\\n')
+    >>> source = FileSource(p, chunk_size=1)
+    >>> first = source.poll(0)
+    >>> dict(first.assigned), [r.offset for r in first.records], source.finished()
+    ({('file:events.jsonl', 0): None}, [0], False)
+    >>> _, _, last = source.poll(0), source.poll(0), source.poll(0)
+    >>> last.records, source.finished(), source.progress()[source.partition].position
+    ([], True, 2)
+    """
+
+    def __init__(self, path: PathLike, *, chunk_size: int = 10_000) -> None:
+        p = Path(path)
+        self.partition: Partition = (f"file:{p.name}", 0)
+        self.size = p.stat().st_size if p.exists() else 0
+        self.bytes_read = 0
+        self._chunks = iter_file_records(p, chunk_size=chunk_size, topic=self.partition[0])
+        self._assigned = False
+        self._done = False
+        self._position = 0
+        self.committed: Checkpoint | None = None
+
+    def poll(self, timeout_ms: int) -> Poll:
+        assigned: dict[Partition, Checkpoint | None] = {}
+        if not self._assigned:
+            self._assigned = True
+            assigned[self.partition] = None
+        chunk = [] if self._done else next(self._chunks, [])
+        if chunk:
+            self._position = chunk[-1].offset + 1
+            self.bytes_read += sum(len(r.value or b"") + 1 for r in chunk)
+        else:
+            self._done = True
+        return Poll(chunk, assigned=assigned)
+
+    def progress(self) -> dict[Partition, PartitionProgress]:
+        # Caught up only at the end: until then the file's own event time is the watermark.
+        return {self.partition: PartitionProgress(self._position, None, self._done)}
+
+    def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
+        self.committed = checkpoints.get(self.partition, self.committed)
+        return True
+
+    def set_paused(self, partitions: Iterable[Partition]) -> None:
+        """A single partition is never ahead of the others, so nothing is ever paused."""
+
+    def finished(self) -> bool:
+        return self._done
 
 
 @dataclass(frozen=True)
@@ -190,9 +251,9 @@ def _json_default(value: object) -> object:
 
 
 def _chunks(
-    values: Iterator[tuple[int, bytes]], stamp: int, size: int
+    values: Iterator[tuple[int, bytes]], stamp: int, size: int, topic: str
 ) -> Iterator[list[RawRecord]]:
-    while chunk := [RawRecord(v, stamp, 0, n) for n, v in islice(values, size)]:
+    while chunk := [RawRecord(v, stamp, 0, n, topic) for n, v in islice(values, size)]:
         yield chunk
 
 

@@ -29,13 +29,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
 
-__all__ = ["KafkaSettings", "KafkaSource", "PartitionProgress", "Poll", "RawRecord"]
+from . import kafka_compat
+from .checkpoint import Checkpoint
+from .source import Partition, PartitionProgress, Poll, RawRecord
+
+__all__ = ["KafkaSettings", "KafkaSource"]
 
 log = logging.getLogger(__name__)
 
@@ -113,44 +117,6 @@ class KafkaSettings:
         return config
 
 
-class RawRecord(NamedTuple):
-    """One Kafka record as read; ``value`` is None for a tombstone."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    value: bytes | None
-
-
-@dataclass(frozen=True)
-class Poll:
-    """What one ``poll`` brought: apply ``revoked``, then ``assigned``, then ``records``.
-
-    ``assigned`` maps each newly owned partition to its committed ``(offset, metadata)`` (None:
-    never committed); the records of those partitions start at that offset.
-    """
-
-    records: list[RawRecord]
-    revoked: frozenset[TopicPartition] = frozenset()
-    assigned: Mapping[TopicPartition, tuple[int, str | None] | None] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-
-
-@dataclass(frozen=True)
-class PartitionProgress:
-    """A partition's read position against its high watermark (None until first fetched)."""
-
-    position: int
-    highwater: int | None
-    caught_up: bool
-
-    @property
-    def lag(self) -> int | None:
-        return None if self.highwater is None else max(self.highwater - self.position, 0)
-
-
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
     """Records rebalance events on the IO thread; ``KafkaSource.poll`` reads them after."""
 
@@ -218,6 +184,7 @@ class KafkaSource:
             self._stop = self.end_offsets()
         self._listener = _Listener()
         self._consumer = KafkaConsumer(**settings.consumer_config())
+        kafka_compat.check(self._consumer)
         self._consumer.subscribe(list(settings.topics), listener=self._listener)
         self._held: frozenset[TopicPartition] = frozenset()
 
@@ -228,7 +195,7 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int) -> Poll:
         """Records of the assigned partitions, and the assignment changes met on the way."""
-        self._unstick_parked_records()
+        kafka_compat.unstick_parked_records(self._consumer)
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         final = frozenset(self._consumer.assignment())
         revoked, fresh = _changes(self._held, self._listener.drain(), final)
@@ -237,21 +204,21 @@ class KafkaSource:
         for tp, batch in batches.items():
             records.extend(self._trim(tp, batch))
         self._pause_finished()
-        assigned = {tp: self.committed(tp) for tp in sorted(fresh)}
-        return Poll(records, revoked, MappingProxyType(assigned))
+        assigned = {tp: Checkpoint.from_committed(self.committed(tp)) for tp in sorted(fresh)}
+        return Poll(records, frozenset(revoked), MappingProxyType(dict(assigned)))
 
-    def commit(self, offsets: Mapping[TopicPartition, tuple[int, str]]) -> bool:
-        """Commit ``{tp: (offset, metadata)}``; False if the group moved on (rebalance or eviction).
+    def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
+        """Commit each checkpoint's offset with its metadata; False if the group moved on.
 
         A refused commit is harmless: commit again after the next ``poll``; partitions lost
         meanwhile come back from it as revoked, and their next owner resumes from the previous
         commit.
         """
-        if not offsets:
+        if not checkpoints:
             return True
         payload = {
-            TopicPartition(*tp): OffsetAndMetadata(offset, metadata, -1)
-            for tp, (offset, metadata) in offsets.items()
+            TopicPartition(*tp): OffsetAndMetadata(c.offset, c.metadata(), -1)
+            for tp, c in checkpoints.items()
         }
         try:
             self._consumer.commit(payload)
@@ -277,7 +244,7 @@ class KafkaSource:
         under ``until_end`` a partition at its stop offset always is.
         """
         paused = self._consumer.paused()
-        buffered = self._buffered_partitions()
+        buffered = kafka_compat.buffered_partitions(self._consumer)
         now = time.monotonic()
         out: dict[TopicPartition, PartitionProgress] = {}
         for tp in self._held:
@@ -317,7 +284,7 @@ class KafkaSource:
     def paused(self) -> frozenset[TopicPartition]:
         return frozenset(self._consumer.paused())
 
-    def set_paused(self, partitions: Iterable[TopicPartition]) -> None:
+    def set_paused(self, partitions: Iterable[Partition]) -> None:
         """Pause exactly ``partitions`` (of those assigned), plus those finished under ``until_end``."""
         wanted = {TopicPartition(*tp) for tp in partitions} & self._held
         wanted |= self._finished_partitions()
@@ -380,7 +347,7 @@ class KafkaSource:
     def _trim(self, tp: TopicPartition, batch: Sequence[Any]) -> list[RawRecord]:
         stop = None if self._stop is None else self._stop.get(tp, 0)
         kept = [
-            RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.value)
+            RawRecord(r.value, r.timestamp, r.partition, r.offset, r.topic)
             for r in batch
             if stop is None or r.offset < stop
         ]
@@ -389,35 +356,6 @@ class KafkaSource:
             # records this run did not hand out.
             self._consumer.seek(tp, stop)
         return kept
-
-    def _buffered_partitions(self) -> set[TopicPartition]:
-        """Partitions with fetched records not yet returned (kafka-python's fetcher buffers)."""
-        fetcher = getattr(self._consumer, "_fetcher", None)
-        if fetcher is None:
-            return set()
-        found = {f.topic_partition for f in list(getattr(fetcher, "_completed_fetches", ()))}
-        current = getattr(fetcher, "_next_partition_records", None)
-        if current:
-            found.add(current.topic_partition)
-        found.update(getattr(fetcher, "_paused_completed_fetches", {}))
-        found.update(getattr(fetcher, "_paused_partition_records", {}))
-        return found
-
-    def _unstick_parked_records(self) -> None:
-        """Work around a kafka-python 3.0.12 stall after ``resume`` (run before every poll).
-
-        ``Fetcher.fetched_records`` restores records parked by ``pause()`` only when its
-        in-line slot is ``None``, but a fully read batch stays there (empty, not ``None``); the
-        resumed partition is then never fetched again. Freeing the empty slot lets it restore.
-        """
-        fetcher = getattr(self._consumer, "_fetcher", None)
-        current = getattr(fetcher, "_next_partition_records", None)
-        if (
-            current is not None
-            and not current
-            and getattr(fetcher, "_paused_partition_records", None)
-        ):
-            fetcher._next_partition_records = None  # type: ignore[union-attr]
 
     def _finished_partitions(self) -> set[TopicPartition]:
         if self._stop is None:

@@ -1,20 +1,21 @@
-"""``embmon replay``: the live agent's path over a file of events (backtests, backfills)."""
+"""``embmon replay``: the live agent's driver over a file of events (backtests, backfills)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from exporters.prometheus import AgentMetrics, EmbmonCollector
+from exporters.records import WindowRecord
 from sketches.reference import Reference
 
+from .accounting import Accounting
 from .decode import Decoder
+from .driver import Driver
 from .fields import FieldMap
-from .file_source import iter_file_records
+from .file_source import FileSource
+from .ledger import prepare_out
 from .pipeline import Pipeline
 from .progress import Progress
 
@@ -23,7 +24,7 @@ __all__ = ["ReplaySummary", "replay"]
 
 @dataclass(frozen=True)
 class ReplaySummary:
-    windows: list[dict[str, Any]]
+    windows: list[WindowRecord]
     events: int
     rejected: dict[str, int]
     out: Path
@@ -40,46 +41,53 @@ def replay(
     segment_keys: tuple[str, ...] = (),
     default_model: str = "default",
     chunk_size: int = 10_000,
-    on_close: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_close: Callable[[WindowRecord], None] | None = None,
     show_progress: bool = True,
 ) -> ReplaySummary:
     """Window a file's events like the live agent and write ``out_dir/windows.jsonl``.
 
     Windows close as event time advances past them plus ``lateness`` (default: one window, so
-    mildly unordered files lose nothing); events older than that are counted as late.
+    mildly unordered files lose nothing); events older than that are counted as late. An
+    ``out_dir`` holding an earlier run's output is refused unless ``overwrite`` (start again)
+    or ``resume`` (continue it: windows already persisted are not emitted again).
     """
-    path = Path(input_path)
+    out = prepare_out(out_dir, overwrite=overwrite, resume=resume)
+    source = FileSource(input_path, chunk_size=chunk_size)
     decoder = Decoder(reference.dim, fields, segment_keys=segment_keys, default_model=default_model)
-    collector = EmbmonCollector(AgentMetrics())
+    windows: list[WindowRecord] = []
+
+    def closed(record: WindowRecord) -> None:
+        windows.append(record)
+        if on_close is not None:
+            on_close(record)
+
+    accounting = Accounting()
     pipeline = Pipeline(
         reference,
         decoder,
         window=window,
-        out_dir=out_dir,
+        out_dir=out,
         lateness=window if lateness is None else lateness,
-        collector=collector,
-        on_close=on_close,
+        accounting=accounting,
+        on_close=closed,
     )
-    partition = (f"file:{path.name}", 0)
-    pipeline.store.assign(partition, None)
     progress = (
-        Progress(f"replaying {path.name}", total=os.path.getsize(path), unit=" B")
+        Progress(f"replaying {source.partition[0][5:]}", total=source.size, unit=" B")
         if show_progress
         else None
     )
-    windows: list[dict[str, Any]] = []
-    done = 0
-    for chunk in iter_file_records(path, chunk_size=chunk_size):
-        pipeline.ingest(partition, chunk)
-        pipeline.store.advance(partition, chunk[-1].offset + 1, caught_up=False)
-        windows.extend(pipeline.close())
-        done += sum(len(r.value or b"") + 1 for r in chunk)
+
+    def events() -> str:
+        return f"{sum(accounting.snapshot().events.values()):,} events"
+
+    def turn() -> None:
         if progress is not None:
-            progress.update(done, f"{sum(collector.state.events.values()):,} events")
-    windows.extend(pipeline.close(everything=True))
+            progress.update(source.bytes_read, events())
+
+    Driver(pipeline, source, poll_timeout_ms=0, on_turn=turn).run()
     if progress is not None:
-        progress.finish(f"{sum(collector.state.events.values()):,} events")
-    state = collector.state
-    return ReplaySummary(
-        windows, sum(state.events.values()), dict(state.rejected), pipeline.log.path.parent
-    )
+        progress.finish(events())
+    snapshot = accounting.snapshot()
+    return ReplaySummary(windows, sum(snapshot.events.values()), dict(snapshot.rejected), out)

@@ -1,11 +1,9 @@
 """``embmon run``: the long-running agent. Kafka in, window profiles, Prometheus out.
 
-Each turn of the loop: poll; apply revocations and assignments; decode each partition's
-records and route them into windows; note positions (and lag); close due windows, evaluate
-and persist them; only then commit the offsets the window store says are safe; pause the
-partitions that run too far ahead in event time. SIGTERM or SIGINT ends the loop after the
-current turn; open windows are not emitted partially, their events are re-read by whoever
-resumes the group.
+The agent is the driver loop (``agent.driver``) over a Kafka source, plus what a service needs
+around it: the metrics endpoint, health, dead letters and signals. SIGTERM or SIGINT ends the
+loop after the current turn. ``--out`` is resumed: a restarted agent carries on from its own
+ledger and the group's committed offsets.
 """
 
 from __future__ import annotations
@@ -14,31 +12,32 @@ import logging
 import signal
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, cast
 
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from exporters.http import Health, MetricsServer
-from exporters.prometheus import AgentMetrics, EmbmonCollector
+from exporters.prometheus import EmbmonCollector
 from exporters.table import format_row
 from sketches.reference import Reference
 
-from .checkpoint import Checkpoint
+from .accounting import Accounting
 from .config import Settings, load_settings
-from .decode import Decoder, RawRecord, Reject
+from .decode import Decoder, Reject
+from .driver import Driver
+from .durations import parse_duration
 from .fields import FieldMap
-from .kafka_source import KafkaSettings, KafkaSource, Poll
+from .kafka_source import KafkaSettings, KafkaSource
+from .ledger import prepare_out
 from .pipeline import Pipeline
-from .windows import parse_duration
+from .source import Partition
 
 __all__ = ["Agent", "run", "run_from_args"]
 
 log = logging.getLogger("embmon")
-_COMMIT_EVERY_S = 5.0
 
 
 def _version() -> str:
@@ -58,15 +57,16 @@ class Agent:
             raise ValueError("no reference: set --reference (or EMBMON_REFERENCE / reference:)")
         self.settings = settings
         self.reference = Reference.load(settings.reference)
-        self.metrics = AgentMetrics(version=_version())
-        self.collector = EmbmonCollector(
-            self.metrics,
+        self.accounting = Accounting(
+            version=_version(), expire_after_windows=settings.series_expiry_windows
+        )
+        self.registry = CollectorRegistry()
+        EmbmonCollector(
+            self.accounting.snapshot,
             max_models=settings.max_models,
             max_segments=settings.max_segments,
             max_terms=settings.max_terms,
-        )
-        self.registry = CollectorRegistry()
-        self.collector.register(self.registry)
+        ).register(self.registry)
         self.health = Health()
         decoder = Decoder(
             self.reference.dim,
@@ -79,17 +79,16 @@ class Agent:
             self.reference,
             decoder,
             window=parse_duration(settings.window),
-            out_dir=settings.out,
+            out_dir=prepare_out(settings.out, resume=True),
             lateness=parse_duration(settings.lateness),
             time_mode=cast(Literal["event", "processing"], settings.time_mode),
             clock=clock,
             max_windows_ahead=settings.watermark_lead_windows,
-            collector=self.collector,
+            accounting=self.accounting,
             on_close=lambda record: log.info("window closed: %s", format_row(record)),
         )
         self.stop = threading.Event()
         self._dead_letters: KafkaProducer | None = None
-        self._last_commit = 0.0
 
     def kafka_settings(self) -> KafkaSettings:
         s = self.settings
@@ -124,7 +123,15 @@ class Agent:
         try:
             with KafkaSource(self.kafka_settings(), until_end=self.settings.until_end) as source:
                 self.health.ready = True
-                self._loop(source)
+                Driver(
+                    self.pipeline,
+                    source,
+                    stop=self.stop,
+                    on_rejects=self._send_dead_letters if self.settings.dead_letter_topic else None,
+                    on_turn=self.health.tick,
+                ).run()
+                if self.settings.until_end:
+                    log.info("reached the end offsets seen at start; all windows closed")
         finally:
             if self._dead_letters is not None:
                 self._dead_letters.close()
@@ -132,61 +139,7 @@ class Agent:
                 server.stop()
         return 0
 
-    def _loop(self, source: KafkaSource) -> None:
-        store = self.pipeline.store
-        while not self.stop.is_set():
-            self.health.tick()
-            poll = source.poll(timeout_ms=500)
-            self._apply_assignment(poll)
-            self._ingest(poll)
-            progress = source.progress()
-            for tp, state in progress.items():
-                store.advance(tp, state.position, caught_up=state.caught_up)
-            with self.metrics.lock:
-                self.metrics.lag = {
-                    (tp.topic, tp.partition): p.lag
-                    for tp, p in progress.items()
-                    if p.lag is not None
-                }
-            closed = self.pipeline.close()
-            self._commit(source, force=bool(closed))
-            source.set_paused(TopicPartition(*tp) for tp in store.paused_partitions())
-            if self.settings.until_end and source.finished():
-                self.pipeline.close(everything=True)
-                self._commit(source, force=True)
-                log.info("reached the end offsets seen at start; all windows closed")
-                return
-        self._commit(source, force=True)
-
-    def _apply_assignment(self, poll: Poll) -> None:
-        store = self.pipeline.store
-        if poll.revoked:
-            log.info("partitions revoked: %s", sorted(poll.revoked))
-            store.revoke(poll.revoked)
-        for tp, committed in poll.assigned.items():
-            log.info("partition assigned: %s (committed %s)", tp, committed)
-            store.assign(tp, Checkpoint.from_committed(committed))
-
-    def _ingest(self, poll: Poll) -> None:
-        by_partition: dict[tuple[str, int], list[RawRecord]] = defaultdict(list)
-        for r in poll.records:
-            by_partition[(r.topic, r.partition)].append(
-                RawRecord(r.value, r.timestamp_ms, r.partition, r.offset)
-            )
-        for tp, records in by_partition.items():
-            decoded = self.pipeline.ingest(TopicPartition(*tp), records)
-            if decoded.rejects and self.settings.dead_letter_topic:
-                self._send_dead_letters(tp[0], decoded.rejects)
-
-    def _commit(self, source: KafkaSource, *, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_commit < _COMMIT_EVERY_S:
-            return
-        checkpoints: Mapping[Any, Checkpoint] = self.pipeline.store.commit_offsets()
-        if source.commit({tp: (c.offset, c.metadata()) for tp, c in checkpoints.items()}):
-            self._last_commit = now
-
-    def _send_dead_letters(self, topic: str, rejects: tuple[Reject, ...]) -> None:
+    def _send_dead_letters(self, partition: Partition, rejects: tuple[Reject, ...]) -> None:
         if self._dead_letters is None:
             self._dead_letters = KafkaProducer(
                 bootstrap_servers=self.settings.bootstrap_servers.split(","),
@@ -197,7 +150,7 @@ class Agent:
             headers = [
                 ("embmon-reason", reject.reason.encode()),
                 ("embmon-detail", reject.detail.encode()),
-                ("embmon-source", f"{topic}/{reject.partition}/{reject.offset}".encode()),
+                ("embmon-source", f"{partition[0]}/{reject.partition}/{reject.offset}".encode()),
             ]
             self._dead_letters.send(target, value=reject.value or b"", headers=headers)
 

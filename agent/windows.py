@@ -10,8 +10,12 @@ watermark is the smallest watermark of the assigned partitions that are not caug
 partition at its high watermark does not hold time back); when all are caught up it is the
 largest. Window ``[s, e)`` closes once the global watermark reaches ``e + lateness``; windows
 close in time order, so ``closed_through`` (the newest closed end) says that every window
-ending at or before it is closed. An event whose window is already closed is *late*: counted,
-never added. A partition whose watermark runs more than ``max_windows_ahead`` windows past the
+ending at or before it is closed. An event is *late* (counted, never added) when its window
+``[s, e)`` has ``e + lateness`` at or below its own partition's watermark before it, or when
+its window is already closed. The first rule depends only on the partition's record order, and
+it covers the second (the global watermark never passes a partition's own, except a caught-up
+one's), so the same records give the same windows however they are chunked into polls and
+whenever windows are closed between them. A partition whose watermark runs more than ``max_windows_ahead`` windows past the
 global one is to be paused, which bounds the number of open windows.
 
 Commits. A partition's committable offset is the smallest offset of its events held in open
@@ -27,8 +31,8 @@ resumes at ``o`` and every event from ``o`` on is re-read and meets exactly one 
 
 * its window ends at or before ``T``: that window was closed before the commit, so the event
   is in a persisted window or was late; skipped.
-* its window key is in the ledger (``closed_keys``, read from what was persisted, plus every
-  window this process closes): that window was persisted, perhaps after the last commit and
+* its window key is in the ledger (``persisted``: ``agent.ledger``'s keys, plus every window
+  this process closes): that window was persisted, perhaps after the last commit and
   just before the kill; skipped.
 * otherwise its window was never persisted, so the event is in no output yet; added. The kill
   lost only open state, and every event of it sits at an offset at or above ``o`` (it was in
@@ -58,9 +62,8 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, NamedTuple, Protocol, Self, TypeVar
@@ -69,6 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.checkpoint import Checkpoint
+from exporters.records import SegmentKey
 
 __all__ = [
     "AddResult",
@@ -78,33 +82,10 @@ __all__ = [
     "Profile",
     "WindowKey",
     "WindowStore",
-    "parse_duration",
 ]
 
 Partition = tuple[str, int]
 """(topic, partition); ``kafka.TopicPartition`` is one."""
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """A duration from ``<number><unit>``, unit one of ms, s, m, h, d, w; ``"0"`` is zero.
-
-    >>> parse_duration("30s"), parse_duration("5m"), parse_duration("7d")
-    (datetime.timedelta(seconds=30), datetime.timedelta(seconds=300), datetime.timedelta(days=7))
-    >>> parse_duration("1.5h")
-    datetime.timedelta(seconds=5400)
-    """
-    if text.strip() == "0":
-        return timedelta(0)
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(
-            f"cannot read duration {text!r}: write a number and a unit, "
-            "e.g. 30s, 5m, 1h, 1d, 7d (units: ms, s, m, h, d, w)"
-        )
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
 class Batch(Protocol):
@@ -140,12 +121,12 @@ class WindowKey(NamedTuple):
     """A window of one model and segment; ``start`` in epoch seconds."""
 
     model: str
-    segment: str
+    segment: SegmentKey
     start: int
 
     @classmethod
-    def of(cls, model: str, segment: str, start: datetime) -> WindowKey:
-        """The key of a persisted window (``windows.jsonl``'s ``window_start``)."""
+    def of(cls, model: str, segment: SegmentKey, start: datetime) -> WindowKey:
+        """The key of the window of ``model`` and ``segment`` starting at ``start``."""
         if start.tzinfo is None:
             raise ValueError(f"window start {start!r} must be timezone-aware (UTC)")
         return cls(model, segment, math.floor(start.timestamp()))
@@ -199,8 +180,8 @@ class _PartitionState(Generic[P]):
 class WindowStore(Generic[P, B]):
     """Open windows of the assigned partitions, their closing, and their checkpoints.
 
-    ``factory(key)`` makes the empty profile of a window; ``closed_keys`` is the ledger of
-    windows persisted by earlier runs. Call, per poll: ``revoke``/``assign`` for assignment
+    ``factory(key)`` makes the empty profile of a window; ``persisted`` is the ledger of
+    windows persisted by earlier runs (``agent.ledger``). Call, per poll: ``revoke``/``assign`` for assignment
     changes, ``add`` for decoded rows, ``advance`` for each partition's position, then
     ``close_ready`` (persist what it returns), ``commit_offsets`` (commit them) and
     ``paused_partitions`` (pause exactly those).
@@ -212,7 +193,7 @@ class WindowStore(Generic[P, B]):
         window: timedelta,
         factory: Callable[[WindowKey], P],
         lateness: timedelta = timedelta(0),
-        closed_keys: Iterable[WindowKey] = (),
+        persisted: Iterable[WindowKey] = (),
         time_mode: Literal["event", "processing"] = "event",
         clock: Callable[[], float] = time.time,
         max_windows_ahead: int = 3,
@@ -229,7 +210,7 @@ class WindowStore(Generic[P, B]):
         self._size = int(size)
         self._lateness = lateness.total_seconds()
         self._factory = factory
-        self._ledger: set[WindowKey] = set(closed_keys)
+        self._ledger: set[WindowKey] = set(persisted)
         self._processing = time_mode == "processing"
         self._clock = clock
         self._max_ahead = max_windows_ahead
@@ -275,41 +256,96 @@ class WindowStore(Generic[P, B]):
         self,
         partition: Partition,
         model: str,
-        segment: str,
+        segment: SegmentKey,
         batch: B,
         offsets: npt.ArrayLike,
     ) -> AddResult:
         """Route the rows of ``batch`` (read from ``partition`` at ``offsets``) to windows."""
+        return self.add_groups(partition, [(model, segment, batch, offsets)])[0]
+
+    def add_groups(
+        self, partition: Partition, groups: Sequence[tuple[str, SegmentKey, B, npt.ArrayLike]]
+    ) -> list[AddResult]:
+        """Route one poll's rows of ``partition``, grouped by (model, segment), to windows.
+
+        Lateness is decided over all groups together, in offset order: the partition's own
+        watermark before a row is the largest event time at a smaller offset.
+        """
         state = self._state(partition)
+        offsets = [np.asarray(offs, dtype=np.int64) for *_, offs in groups]
+        for (*_, batch, _), offs in zip(groups, offsets, strict=True):
+            if offs.shape != (len(batch),):
+                n = offs.shape[0] if offs.ndim else 0
+                raise ValueError(f"got {n} offsets for {len(batch)} rows")
+        times = [self._times(batch) for _, _, batch, _ in groups]
+        before = self._watermarks_before(state, offsets, times)
+        read_before = self._read_through.get(partition, 0)
+        results = [
+            self._route(state, model, segment, batch, offs, when, mark, read_before)
+            for (model, segment, batch, _), offs, when, mark in zip(
+                groups, offsets, times, before, strict=True
+            )
+        ]
+        tops = [int(offs.max()) + 1 for offs in offsets if offs.size]
+        self._read_through[partition] = max([read_before, *tops])
+        return results
+
+    def _times(self, batch: B) -> npt.NDArray[np.float64]:
+        if self._processing:
+            return np.full(len(batch), self._clock(), dtype=np.float64)
+        times = np.asarray(batch.timestamps, dtype=np.float64)
+        if not np.isfinite(times).all():
+            raise ValueError("event timestamps must be finite; reject such events first")
+        return times
+
+    def _watermarks_before(
+        self,
+        state: _PartitionState[P],
+        offsets: list[npt.NDArray[np.int64]],
+        times: list[npt.NDArray[np.float64]],
+    ) -> list[npt.NDArray[np.float64]]:
+        """Per row, the partition's watermark before it in record order (-inf: none yet)."""
+        if self._processing or not offsets:
+            return [np.full(t.shape, -np.inf) for t in times]
+        flat_offsets, flat_times = np.concatenate(offsets), np.concatenate(times)
+        if flat_times.size == 0:
+            return [np.full(t.shape, -np.inf) for t in times]
+        order = np.argsort(flat_offsets, kind="stable")
+        ordered = np.empty(flat_times.size, dtype=np.float64)
+        ordered[0] = -np.inf if state.watermark is None else state.watermark
+        ordered[1:] = flat_times[order][:-1]
+        np.maximum.accumulate(ordered, out=ordered)
+        flat = np.empty_like(ordered)
+        flat[order] = ordered
+        top = float(flat_times.max())
+        state.watermark = top if state.watermark is None else max(state.watermark, top)
+        return np.split(flat, np.cumsum([t.size for t in times])[:-1])
+
+    def _route(
+        self,
+        state: _PartitionState[P],
+        model: str,
+        segment: SegmentKey,
+        batch: B,
+        offs: npt.NDArray[np.int64],
+        times: npt.NDArray[np.float64],
+        before: npt.NDArray[np.float64],
+        read_before: int,
+    ) -> AddResult:
         n = len(batch)
-        offs = np.asarray(offsets, dtype=np.int64)
-        if offs.shape != (n,):
-            raise ValueError(f"got {offs.shape[0] if offs.ndim else 0} offsets for {n} rows")
         if n == 0:
             return AddResult()
-        if self._processing:
-            times = np.full(n, self._clock(), dtype=np.float64)
-        else:
-            times = np.asarray(batch.timestamps, dtype=np.float64)
-            if not np.isfinite(times).all():
-                raise ValueError("event timestamps must be finite; reject such events first")
-            top = float(times.max())
-            state.watermark = top if state.watermark is None else max(state.watermark, top)
         starts = np.floor(times / self._size).astype(np.int64) * self._size
         ends = starts + self._size
-
+        late = ends + self._lateness <= before
         skipped = np.zeros(n, dtype=bool)
         if state.skip_through is not None:
             skipped |= ends <= state.skip_through
-        late = np.zeros(n, dtype=bool)
         if self._closed_through is not None:
             closed = ends <= self._closed_through
-            skipped |= closed & (offs < self._read_through.get(partition, 0))
-            late = closed & ~skipped
-        self._read_through[partition] = max(
-            self._read_through.get(partition, 0), int(offs.max()) + 1
-        )
-
+            skipped |= closed & (offs < read_before)
+            late |= closed
+        late &= ~skipped
         keep = ~(skipped | late)
         added = 0
         for start in np.unique(starts[keep]).tolist():

@@ -24,7 +24,8 @@ import numpy as np
 import orjson
 from common import T0, emit, fmt, make_reference, mixture, peak_rss_mb, rss_mb
 
-from agent.decode import Decoder, RawRecord
+from agent.decode import Decoder
+from agent.source import RawRecord
 from agent.pipeline import Pipeline
 
 

@@ -69,7 +69,8 @@ def sketch_stage(dim: int, centroids: int, repeats: int, profiles: int) -> dict[
 
 
 def open_windows(windows: int, repeats: int) -> dict[str, Any]:
-    from agent.decode import Decoder, RawRecord
+    from agent.decode import Decoder
+    from agent.source import RawRecord
     from agent.pipeline import Pipeline
 
     ref = make_reference(384, 20)

@@ -1,13 +1,14 @@
 """Backfill: closed windows as an OpenMetrics file with timestamps, for ``promtool tsdb
 create-blocks-from openmetrics FILE DIR``, so a replayed history shows in Prometheus and
-Grafana exactly as the live agent would have exported it (each sample at its window's end).
+Grafana exactly as the live agent would have exported it (each sample at its window's end,
+under the same canonical segment label).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -15,7 +16,7 @@ from prometheus_client.openmetrics import exposition
 from prometheus_client.registry import Collector
 
 from .prometheus import window_families
-from .records import parse_time, segment_label
+from .records import WindowRecord
 
 __all__ = ["openmetrics_text", "write_openmetrics"]
 
@@ -29,27 +30,22 @@ class _Families(Collector):
 
 
 def openmetrics_text(
-    records: Iterable[Mapping[str, Any]], *, max_terms: int = 10, reference_f1: float | None = None
+    records: Iterable[WindowRecord], *, max_terms: int = 10, reference_f1: float | None = None
 ) -> bytes:
     """The OpenMetrics exposition of every record, one timestamped sample per series and window."""
-    ordered = sorted(records, key=lambda r: parse_time(r["window_end"]))
-    merged: dict[str, Metric] = {}
-    for record in ordered:
-        key = (str(record["model"]), segment_label(tuple((record.get("segment") or {}).items())))
-        for family in window_families({key: record}, max_terms, timestamped=True):
-            target = merged.setdefault(family.name, family)
-            if target is not family:
-                target.samples.extend(family.samples)
-    families = list(merged.values())
+    ordered = sorted(records, key=lambda r: r.end)
+    families: list[Metric] = list(
+        window_families((((r.model, r.segment.label), r) for r in ordered), max_terms, True)
+    )
     if reference_f1 is not None:
         ref = GaugeMetricFamily(
             "embmon_reference_classification_f1",
             "Macro F1 of the reference data.",
             labels=["model"],
         )
-        ends = {(str(r["model"]), parse_time(r["window_end"])): None for r in ordered}
+        ends = {(r.model, r.end): None for r in ordered}
         for model, end in ends:  # one sample per model and window, whatever the segments
-            ref.add_metric([model], reference_f1, timestamp=end)
+            ref.add_metric([model], reference_f1, timestamp=float(end))
         families.append(ref)
     registry = CollectorRegistry()
     registry.register(_Families(families))
@@ -58,7 +54,7 @@ def openmetrics_text(
 
 
 def write_openmetrics(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[WindowRecord],
     path: str | Path,
     *,
     max_terms: int = 10,

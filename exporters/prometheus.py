@@ -1,43 +1,47 @@
-"""Prometheus exposition of embmon: a custom collector over the latest closed windows.
+"""Prometheus exposition of embmon: a custom collector over the agent's latest snapshot.
 
-Gauges are rebuilt from a snapshot on every scrape, so label values of windows, partitions or
-terms that are gone simply vanish. Label cardinality is bounded: models and segments beyond
-the configured limits are folded into ``other`` (and counted), terms are the top ``max_terms``.
-All values are base units: ratios 0–1, timestamps in seconds.
+Gauges are rebuilt from a :class:`Snapshot` on every scrape, so label values of windows,
+partitions or terms that are gone simply vanish. Label cardinality is bounded here, at export
+only: models beyond ``max_models`` and, per model, segments beyond ``max_segments`` are folded
+into ``other`` (and counted); terms are the top ``max_terms``. All values are base units:
+ratios 0–1, timestamps in seconds.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .records import parse_time, segment_label
+from .records import WindowRecord
 
-__all__ = ["AgentMetrics", "EmbmonCollector", "LabelBudget", "window_families"]
+__all__ = ["EmbmonCollector", "LabelBudget", "Snapshot", "window_families"]
 
 OTHER = "other"
 
 
 class LabelBudget:
-    """Admits at most ``limit`` distinct values of a label; the rest become ``other``.
+    """Admits at most ``limit`` distinct values of a label, first come; the rest become ``other``.
 
     >>> b = LabelBudget("model", 1)
-    >>> b.admit("a"), b.admit("b"), b.admit("a"), b.folded
-    ('a', 'other', 'a', 1)
+    >>> b.admit("a"), b.admit("b"), b.admit("a"), b.admit("b"), b.folded
+    ('a', 'other', 'a', 'other', 1)
     """
 
     def __init__(self, label: str, limit: int) -> None:
         self.label = label
         self.limit = limit
         self._seen: set[str] = set()
-        self.folded = 0
+        self._folded: set[str] = set()
+
+    @property
+    def folded(self) -> int:
+        """Distinct values folded into ``other`` so far."""
+        return len(self._folded)
 
     def admit(self, value: str) -> str:
         if value in self._seen:
@@ -45,152 +49,150 @@ class LabelBudget:
         if len(self._seen) < self.limit:
             self._seen.add(value)
             return value
-        self.folded += 1
+        self._folded.add(value)
         return OTHER
 
 
-@dataclass
-class AgentMetrics:
-    """Mutable agent state the collector reads; the run loop updates it under ``lock``."""
+@dataclass(frozen=True)
+class Snapshot:
+    """What the agent has counted and closed at one instant (``agent.accounting`` makes it)."""
 
-    version: str = ""
-    reference_version: str = ""
-    reference_f1: float | None = None
-    window_seconds: float = 0.0
-    lateness_seconds: float = 0.0
-    events: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
-    windows_closed: Counter[str] = field(default_factory=Counter)
-    replayed: int = 0
-    latest: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    lag: dict[tuple[str, int], int] = field(default_factory=dict)
-    open_windows: int = 0
-    watermark: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    version: str
+    reference_version: str
+    reference_f1: float | None
+    window_seconds: float
+    lateness_seconds: float
+    events: Mapping[str, int]
+    rejected: Mapping[str, int]
+    replayed: int
+    windows_closed: Mapping[str, int]
+    latest: tuple[WindowRecord, ...]
+    lag: Mapping[tuple[str, int], int]
+    open_windows: int
+    watermark: float | None
 
 
 class EmbmonCollector(Collector):
-    """Builds every embmon metric family from an :class:`AgentMetrics` snapshot."""
+    """Builds every embmon metric family from the snapshot ``snapshot()`` returns."""
 
     def __init__(
         self,
-        state: AgentMetrics,
+        snapshot: Callable[[], Snapshot],
         *,
         max_models: int = 50,
         max_segments: int = 50,
         max_terms: int = 10,
     ) -> None:
-        self.state = state
+        self._snapshot = snapshot
         self.models = LabelBudget("model", max_models)
-        self.segments = LabelBudget("segment", max_segments)
+        self._max_segments = max_segments
+        self._segments: dict[str, LabelBudget] = {}
         self.max_terms = max_terms
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self)
 
-    def accept(self, record: Mapping[str, Any]) -> None:
-        """Remember a closed window's record as the latest of its (model, segment)."""
-        model = self.models.admit(str(record["model"]))
-        segments = record.get("segment") or {}
-        segment = self.segments.admit(segment_label(tuple(sorted(segments.items()))))
-        with self.state.lock:
-            self.state.latest[(model, segment)] = dict(record)
-            self.state.windows_closed[model] += 1
-
-    def admit_model(self, model: str) -> str:
-        return self.models.admit(model)
-
     def collect(self) -> Iterator[Metric]:
-        state = self.state
-        with state.lock:
-            latest = dict(state.latest)
-            events, rejected = Counter(state.events), Counter(state.rejected)
-            closed, lag = Counter(state.windows_closed), dict(state.lag)
-            open_windows, watermark, replayed = state.open_windows, state.watermark, state.replayed
-        yield from self._counters(events, rejected, closed, replayed)
-        yield from window_families(latest, self.max_terms)
-        lag_family = GaugeMetricFamily(
+        s = self._snapshot()
+        latest: dict[tuple[str, str], WindowRecord] = {}
+        for record in s.latest:
+            key = (self.models.admit(record.model), self._segment(record))
+            if key not in latest or latest[key].end <= record.end:
+                latest[key] = record
+        yield from self._counters(s)
+        yield from window_families(latest.items(), self.max_terms)
+        lag = GaugeMetricFamily(
             "embmon_consumer_lag_records",
             "Records between the consumer position and the partition end.",
             labels=["topic", "partition"],
         )
-        for (topic, partition), value in sorted(lag.items()):
-            lag_family.add_metric([topic, str(partition)], value)
-        yield lag_family
+        for (topic, partition), value in sorted(s.lag.items()):
+            lag.add_metric([topic, str(partition)], value)
+        yield lag
         yield GaugeMetricFamily(
-            "embmon_open_windows", "Window profiles held open in memory.", value=open_windows
+            "embmon_open_windows", "Window profiles held open in memory.", value=s.open_windows
         )
-        if watermark is not None:
+        if s.watermark is not None:
             yield GaugeMetricFamily(
                 "embmon_watermark_timestamp_seconds",
                 "Event-time watermark of the agent.",
-                value=watermark,
+                value=s.watermark,
             )
         yield GaugeMetricFamily(
-            "embmon_window_size_seconds", "Tumbling window size.", value=state.window_seconds
+            "embmon_window_size_seconds", "Tumbling window size.", value=s.window_seconds
         )
         yield GaugeMetricFamily(
             "embmon_window_lateness_seconds",
             "Allowed lateness before a window closes.",
-            value=state.lateness_seconds,
+            value=s.lateness_seconds,
         )
         folded = CounterMetricFamily(
             "embmon_label_values_folded",
-            "Label values folded into 'other' by the cardinality bounds.",
+            "Distinct label values folded into 'other' by the cardinality bounds.",
             labels=["label"],
         )
         folded.add_metric(["model"], self.models.folded)
-        folded.add_metric(["segment"], self.segments.folded)
+        folded.add_metric(["segment"], sum(b.folded for b in self._segments.values()))
         yield folded
         info = GaugeMetricFamily(
             "embmon_build_info",
             "embmon version and reference version.",
             labels=["version", "reference"],
         )
-        info.add_metric([state.version, state.reference_version], 1)
+        info.add_metric([s.version, s.reference_version], 1)
         yield info
-        if state.reference_f1 is not None:
+        if s.reference_f1 is not None:
             ref_f1 = GaugeMetricFamily(
                 "embmon_reference_classification_f1",
                 "Macro F1 of the reference data.",
                 labels=["model"],
             )
             for model in sorted({m for m, _ in latest}):
-                ref_f1.add_metric([model], state.reference_f1)
+                ref_f1.add_metric([model], s.reference_f1)
             yield ref_f1
 
-    def _counters(
-        self, events: Counter[str], rejected: Counter[str], closed: Counter[str], replayed: int
-    ) -> Iterator[Metric]:
+    def _segment(self, record: WindowRecord) -> str:
+        budget = self._segments.setdefault(record.model, LabelBudget("segment", self._max_segments))
+        return budget.admit(record.segment.label)
+
+    def _by_model(self, counts: Mapping[str, int]) -> list[tuple[str, int]]:
+        folded: Counter[str] = Counter()
+        for model, count in counts.items():
+            folded[self.models.admit(model)] += count
+        return sorted(folded.items())
+
+    def _counters(self, s: Snapshot) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "embmon_events", "Events accepted into windows.", labels=["model"]
         )
-        for model, count in sorted(events.items()):
+        for model, count in self._by_model(s.events):
             family.add_metric([model], count)
         yield family
         family = CounterMetricFamily(
             "embmon_events_rejected", "Records rejected, by reason.", labels=["reason"]
         )
-        for reason, count in sorted(rejected.items()):
+        for reason, count in sorted(s.rejected.items()):
             family.add_metric([reason], count)
         yield family
         family = CounterMetricFamily(
             "embmon_windows_closed", "Windows closed and persisted.", labels=["model"]
         )
-        for model, count in sorted(closed.items()):
+        for model, count in self._by_model(s.windows_closed):
             family.add_metric([model], count)
         yield family
         yield CounterMetricFamily(
             "embmon_events_replayed",
             "Re-read events of windows already closed (skipped, not re-added).",
-            value=replayed,
+            value=s.replayed,
         )
 
 
 def window_families(
-    latest: Mapping[tuple[str, str], Mapping[str, Any]], max_terms: int, timestamped: bool = False
+    latest: Iterable[tuple[tuple[str, str], WindowRecord]],
+    max_terms: int,
+    timestamped: bool = False,
 ) -> list[GaugeMetricFamily]:
-    """Gauge families of closed windows' records, keyed by (model, segment label).
+    """Gauge families of closed windows' records, each under its (model, segment) labels.
 
     With ``timestamped`` every sample carries its window's end as timestamp (backfill).
     """
@@ -214,7 +216,7 @@ def window_families(
             (
                 "embmon_centroid_distance",
                 "Distance quantiles to each centroid.",
-                [*ms, "centroid", "quantile"],
+                [*ms, "centroid", "q"],
             ),
             ("embmon_classification_f1", "Macro F1 of the last window.", ms),
             ("embmon_classification_accuracy", "Accuracy of the last window.", ms),
@@ -230,39 +232,36 @@ def window_families(
             ("embmon_last_window_end_timestamp_seconds", "End of the last closed window.", ms),
         ]
     }
-    for (model, segment), record in sorted(latest.items()):
-        ts = parse_time(record["window_end"]) if timestamped else None
+    for (model, segment), record in latest:
+        ts = float(record.end) if timestamped else None
 
         def put(name: str, labels: list[str], value: float) -> None:
             g[name].add_metric(labels, value, timestamp=ts)  # noqa: B023 - used at once
 
         base = [model, segment]
-        for metric, result in record.get("drift", {}).items():
-            put("embmon_drift_score", [*base, metric], float(result["score"]))
-            if result.get("threshold") is not None:
-                put("embmon_drift_threshold", [*base, metric], float(result["threshold"]))
-            put("embmon_drift_detected", [*base, metric], float(bool(result["drifted"])))
-        put("embmon_window_drifted", base, float(bool(record.get("drifted"))))
-        for centroid, ratio in record.get("closest_centroid", {}).items():
-            put("embmon_closest_centroid_ratio", [*base, centroid], float(ratio))
-        for centroid, quantiles in record.get("centroid_distance", {}).items():
-            for quantile, value in quantiles.items():
-                put("embmon_centroid_distance", [*base, centroid, quantile], float(value))
-        classification = record.get("classification")
-        if classification:
-            for key, name in [
-                ("f1_macro", "f1"),
-                ("accuracy", "accuracy"),
-                ("precision_macro", "precision"),
-                ("recall_macro", "recall"),
-            ]:
-                put(f"embmon_classification_{name}", base, float(classification[key]))
-        for label, ratio in record.get("predictions", {}).items():
-            put("embmon_prediction_ratio", [*base, label], float(ratio))
-        terms_total = (record.get("text") or {}).get("terms") or 0
-        for term, count in record.get("frequent_terms", [])[:max_terms]:
-            if terms_total:
+        for metric, result in record.drift.items():
+            put("embmon_drift_score", [*base, metric], result.score)
+            if result.threshold is not None:
+                put("embmon_drift_threshold", [*base, metric], result.threshold)
+            put("embmon_drift_detected", [*base, metric], float(result.drifted))
+        put("embmon_window_drifted", base, float(record.drifted))
+        for centroid, ratio in record.closest_centroid.items():
+            put("embmon_closest_centroid_ratio", [*base, centroid], ratio)
+        for centroid, quantiles in record.centroid_distance.items():
+            for q, value in quantiles.items():
+                put("embmon_centroid_distance", [*base, centroid, q], value)
+        c = record.classification
+        if c is not None:
+            put("embmon_classification_f1", base, c.f1_macro)
+            put("embmon_classification_accuracy", base, c.accuracy)
+            put("embmon_classification_precision", base, c.precision_macro)
+            put("embmon_classification_recall", base, c.recall_macro)
+        for label, ratio in (record.predictions or {}).items():
+            put("embmon_prediction_ratio", [*base, label], ratio)
+        terms_total = record.text.terms if record.text is not None else 0
+        if terms_total:
+            for term, count in record.frequent_terms[:max_terms]:
                 put("embmon_frequent_term_ratio", [*base, term], count / terms_total)
-        put("embmon_window_events", base, float(record["events"]))
-        put("embmon_last_window_end_timestamp_seconds", base, parse_time(record["window_end"]))
+        put("embmon_window_events", base, float(record.events))
+        put("embmon_last_window_end_timestamp_seconds", base, float(record.end))
     return list(g.values())

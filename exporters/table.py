@@ -1,48 +1,46 @@
 """A readable console line per closed window (replay, run and the demo print these).
 
->>> rec = {"model": "news", "window_start": "2026-11-20T00:00:00Z", "events": 312,
-...        "drifted": True, "closest_centroid": {"forsale": 0.61, "space": 0.05},
-...        "drift": {"closest_centroid": {"score": 0.41, "threshold": 0.12, "drifted": True}},
-...        "classification": {"f1_macro": 0.48}, "frequent_terms": [["de", 120]]}
+>>> from sketches.drift import DriftResult
+>>> from exporters.records import SegmentKey
+>>> rec = WindowRecord("news", SegmentKey(), 1_763_596_800, 1_763_683_200, 312,
+...     {"closest_centroid": DriftResult("hellinger", 0.41, 0.12, True)},
+...     {"forsale": 0.61, "space": 0.05}, {}, "sha256:x", frequent_terms=(("de", 120),))
 >>> print(format_row(rec))
-2026-11-20 00:00 news       312  DRIFT  closest_centroid 0.410>0.120 | f1 0.48 | mix forsale 61% space 5% | terms de
+2025-11-20 00:00 news       312  DRIFT  closest_centroid 0.410>0.120 | mix forsale 61% space 5% | terms de
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from sketches.drift import DriftResult
+
+from .records import WindowRecord, format_time
 
 __all__ = ["HEADER", "format_row"]
 
 HEADER = "window           model   events  status drift (score>threshold) | f1 | closest-centroid mix | top terms"
 
 
-def format_row(record: Mapping[str, Any], max_metrics: int = 3) -> str:
+def format_row(record: WindowRecord, max_metrics: int = 3) -> str:
     """One line: when, how many, drifted or not, the worst metrics, F1, mix and top terms."""
-    start = str(record["window_start"]).replace("T", " ")[:16]
-    status = "DRIFT" if record.get("drifted") else "ok   "
-    drift = record.get("drift", {})
-    ranked = sorted(drift.items(), key=lambda kv: -_ratio(kv[1]))[:max_metrics]
+    start = format_time(record.start).replace("T", " ")[:16]
+    status = "DRIFT" if record.drifted else "ok   "
+    ranked = sorted(record.drift.items(), key=lambda kv: -_ratio(kv[1]))[:max_metrics]
     parts = []
     for name, result in ranked:
-        threshold = result.get("threshold")
-        mark = ">" if result.get("drifted") else "<="
-        limit = "n/a" if threshold is None else f"{threshold:.3f}"
-        parts.append(f"{name} {result['score']:.3f}{mark}{limit}")
-    line = f"{start} {record['model']:<8} {record['events']:>5}  {status}  {', '.join(parts)}"
-    classification = record.get("classification")
-    if classification:
-        line += f" | f1 {classification['f1_macro']:.2f}"
-    mix = sorted(record.get("closest_centroid", {}).items(), key=lambda kv: -kv[1])[:3]
+        mark = ">" if result.drifted else "<="
+        limit = "n/a" if result.threshold is None else f"{result.threshold:.3f}"
+        parts.append(f"{name} {result.score:.3f}{mark}{limit}")
+    model = record.model if not record.segment else f"{record.model}[{record.segment.label}]"
+    line = f"{start} {model:<8} {record.events:>5}  {status}  {', '.join(parts)}"
+    if record.classification is not None:
+        line += f" | f1 {record.classification.f1_macro:.2f}"
+    mix = sorted(record.closest_centroid.items(), key=lambda kv: -kv[1])[:3]
     if mix:
         line += " | mix " + " ".join(f"{name} {ratio:.0%}" for name, ratio in mix)
-    terms = record.get("frequent_terms")
-    if terms:
-        line += " | terms " + " ".join(str(term) for term, _ in terms[:5])
+    if record.frequent_terms:
+        line += " | terms " + " ".join(term for term, _ in record.frequent_terms[:5])
     return line
 
 
-def _ratio(result: Mapping[str, Any]) -> float:
-    threshold = result.get("threshold")
-    return float(result["score"]) / threshold if threshold else 0.0
+def _ratio(result: DriftResult) -> float:
+    return result.score / result.threshold if result.threshold else 0.0

@@ -1,10 +1,9 @@
-"""``windows.jsonl``: append closed windows durably, and read back which windows are closed.
+"""``windows.jsonl``: the output log of closed windows, and its one reader.
 
-Appends are one ``write`` of whole lines followed by ``fsync``, and happen before the Kafka
-offsets they cover are committed. After a crash the file may end in a torn line; opening the
-log cuts it off, so every line in the file is a window that was fully persisted. The set of
-window keys in the file is the agent's ledger: re-read events of those windows are already
-counted and must not be added again.
+Appends are one ``write`` of whole lines followed by ``fsync``. After a crash the file may end
+in a torn line; opening the log cuts it off, so every line in the file is a whole record. The
+log is an output only: which windows are persisted is the agent's own state
+(``agent.ledger``), never read back from here.
 """
 
 from __future__ import annotations
@@ -12,28 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from .records import parse_time, segment_label
+from .records import WindowRecord
 
-__all__ = ["WindowsLog", "read_records", "record_key"]
+__all__ = ["WindowsLog", "read_windows"]
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Every complete record of a windows.jsonl file (a torn last line is ignored)."""
+def read_windows(path: str | Path) -> Iterator[WindowRecord]:
+    """Every complete record of a windows.jsonl file, in file order (a torn last line is ignored)."""
     with open(path, "rb") as handle:
         for line in handle:
             if line.endswith(b"\n") and line.strip():
-                yield orjson.loads(line)
-
-
-def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
-    """(model, segment label, window start in epoch seconds): the ledger key of a record."""
-    segment = tuple((str(k), str(v)) for k, v in record.get("segment", {}).items())
-    start = parse_time(str(record["window_start"]))
-    return str(record["model"]), segment_label(segment), int(start)
+                yield WindowRecord.from_json(orjson.loads(line))
 
 
 class WindowsLog:
@@ -54,17 +45,9 @@ class WindowsLog:
                 handle.truncate(keep)
                 os.fsync(handle.fileno())
 
-    def closed_keys(self) -> set[tuple[str, str, int]]:
-        """Keys of every window already persisted here."""
-        if not self.path.exists():
-            return set()
-        return {record_key(record) for record in read_records(self.path)}
-
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Persist records durably (one write, then fsync) before anything acknowledges them."""
-        payload = b"".join(
-            orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records
-        )
+    def append(self, records: Iterable[WindowRecord]) -> None:
+        """Persist records durably (one write, then fsync)."""
+        payload = b"".join(orjson.dumps(r.to_json()) + b"\n" for r in records)
         if not payload:
             return
         with open(self.path, "ab") as handle:

@@ -31,7 +31,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters.windows_log import read_records
+from exporters.windows_log import read_windows
 from sketches.batch import EventBatch
 from sketches.reference import build_reference
 from tests.broker import produce
@@ -199,9 +199,9 @@ def produce_events(
 
 
 def window_records(out_dir: Path) -> list[dict[str, Any]]:
-    """Every complete line of ``out_dir/windows.jsonl`` (none if the file is absent)."""
+    """Every record of ``out_dir/windows.jsonl`` as its JSON object (none if the file is absent)."""
     path = out_dir / "windows.jsonl"
-    return list(read_records(path)) if path.exists() else []
+    return [r.to_json() for r in read_windows(path)] if path.exists() else []
 
 
 def window_counts(*out_dirs: Path) -> Counter[tuple[str, str]]:

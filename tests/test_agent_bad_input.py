@@ -19,7 +19,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from agent.decode import REJECT_REASONS, Decoder, RawRecord
+from agent.decode import REJECT_REASONS, Decoder
+from agent.source import RawRecord
 from tests.agent_scenarios import (
     MODEL,
     T0,

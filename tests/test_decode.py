@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.consumer.fetcher import ConsumerRecord
 
-from agent.decode import REJECT_REASONS, DecodedBatch, Decoder, RawRecord, tokenize
+from agent.decode import REJECT_REASONS, DecodedBatch, Decoder, tokenize
+from agent.source import RawRecord
 from agent.fields import FieldMap
 
 DIM = 4
@@ -158,7 +159,7 @@ def test_nested_field_mapping() -> None:
     misplaced = {"payload": 5, "meta": {"ts": T0}}  # a step into a non-object: missing
     out = Decoder(DIM, fields, segment_keys=["region"]).decode(_records([event, misplaced]))
     group = _only_group(out)
-    assert (group.model, group.segment) == ("news", (("region", "eu"),))
+    assert (group.model, group.segment.label) == ("news", "region=eu")
     assert group.batch.embeddings.tolist() == [[1.0, 2.0, 3.0, 4.0]]
     assert group.batch.tokens == [["hola", "mundo"]]
     assert group.batch.predictions == ["3"]
@@ -210,14 +211,14 @@ def test_segment_keys_are_filtered_and_split_groups() -> None:
         {**base, "segment": {"user": "u3", "device": {"nested": "ignored: key not kept"}}},
     ]
     out = Decoder(DIM, segment_keys=["region", "tier"]).decode(_records(list(events)))
-    assert [(g.segment, g.offsets.tolist()) for g in out.groups] == [
+    assert [(g.segment.pairs, g.offsets.tolist()) for g in out.groups] == [
         ((("region", "eu"), ("tier", "1")), [100, 101]),
         ((("region", "us"),), [102]),
         ((), [103, 104]),
     ]
     assert not out.rejects
     ignored = Decoder(DIM).decode(_records(list(events)))
-    assert [(g.segment, len(g.batch)) for g in ignored.groups] == [((), 5)]
+    assert [(g.segment.pairs, len(g.batch)) for g in ignored.groups] == [((), 5)]
 
 
 def test_groups_by_model_in_first_appearance_order_with_optional_columns() -> None:

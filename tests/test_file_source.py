@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agent.decode import Decoder, RawRecord
+from agent.decode import Decoder
+from agent.source import RawRecord
 from agent.fields import FieldMap
 from agent.file_source import iter_file_records, load_events
 from sketches.errors import FormatError

@@ -16,8 +16,9 @@ from kafka.admin import KafkaAdminClient
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from agent.checkpoint import Checkpoint
-from agent.embedded_broker import BrokerStartError, EmbeddedBroker, create_topic
-from agent.kafka_source import KafkaSettings, KafkaSource, Poll, RawRecord, _changes
+from agent.kafka_source import KafkaSettings, KafkaSource, _changes
+from agent.source import Poll, RawRecord
+from demo.broker import BrokerStartError, EmbeddedBroker, create_topic
 from tests.broker import new_topic, produce
 
 pytestmark = pytest.mark.kafka
@@ -97,7 +98,7 @@ def test_group_join_records_and_commit_metadata_round_trip(
         assigned = {tp: c for p in polls for tp, c in p.assigned.items()}
         assert assigned == {p0: None, p1: None}  # never committed
         got = sorted(records(polls), key=lambda r: (r.partition, r.offset))
-        assert got[0] == RawRecord(topic, 0, 0, 1_000, b"v0")
+        assert got[0] == RawRecord(b"v0", 1_000, 0, 0, topic)
         assert [(r.partition, r.offset) for r in got] == [(p, o) for p in (0, 1) for o in range(5)]
         meta = Checkpoint(3, 1_700_000_000).metadata()
         assert source.commit({p0: (3, meta), p1: (5, "")})

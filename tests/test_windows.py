@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 
 from agent.checkpoint import Checkpoint
-from agent.windows import AddResult, ClosedWindow, WindowKey, WindowStore, parse_duration
+from agent.durations import parse_duration
+from agent.windows import AddResult, ClosedWindow, WindowKey, WindowStore
+from exporters.records import SegmentKey
 from sketches.batch import EventBatch
 
 P0 = ("events", 0)
 P1 = ("events", 1)
 MINUTE = timedelta(minutes=1)
+
+NONE = SegmentKey()  # the segment of events without one
 
 
 @dataclass
@@ -57,7 +61,7 @@ def feed(
     caught_up: bool = False,
 ) -> AddResult:
     offsets = list(range(first_offset, first_offset + len(times)))
-    result = s.add(partition, model, "", rows(times, offsets), offsets)
+    result = s.add(partition, model, NONE, rows(times, offsets), offsets)
     s.advance(partition, first_offset + len(times), caught_up=caught_up)
     return result
 
@@ -133,7 +137,7 @@ def test_caught_up_partition_does_not_hold_the_watermark_back() -> None:
 
 
 def test_commit_offsets_hold_back_to_open_windows() -> None:
-    s = store()
+    s = store(lateness=timedelta(minutes=2))
     s.assign(P0, Checkpoint(0, None))
     s.assign(P1, None)
     assert s.commit_offsets() == {}  # no position known yet
@@ -141,24 +145,26 @@ def test_commit_offsets_hold_back_to_open_windows() -> None:
     feed(s, P1, [], 0, caught_up=True)
     assert s.commit_offsets() == {P0: Checkpoint(0, None), P1: Checkpoint(0, None)}
     feed(s, P0, [125], 4)
+    assert s.close_ready() == []  # 130 < 60 + 120
+    feed(s, P0, [250], 5)
     assert summary(s.close_ready()) == [("m", 0, [0, 2]), ("m", 60, [3])]
     assert s.commit_offsets()[P0] == Checkpoint(1, 120)  # offset 1 (t=130) is still open
-    feed(s, P0, [190], 5)
+    feed(s, P0, [310], 6)
     s.close_ready()
     assert s.commit_offsets()[P0] == Checkpoint(5, 180)
     s.close_all()
-    assert s.commit_offsets() == {P0: Checkpoint(6, 240), P1: Checkpoint(0, 240)}
-    assert Checkpoint.parse(6, s.commit_offsets()[P0].metadata()) == Checkpoint(6, 240)
+    assert s.commit_offsets() == {P0: Checkpoint(7, 360), P1: Checkpoint(0, 360)}
+    assert Checkpoint.parse(7, s.commit_offsets()[P0].metadata()) == Checkpoint(7, 360)
 
 
 def test_restart_skips_windows_before_the_checkpoint_and_in_the_ledger() -> None:
-    s = store(closed_keys=[WindowKey.of("m", "", datetime(1970, 1, 1, 0, 2, tzinfo=UTC))])
+    s = store(persisted=[WindowKey.of("m", NONE, datetime(1970, 1, 1, 0, 2, tzinfo=UTC))])
     s.assign(P0, Checkpoint(0, 60))
     result = feed(s, P0, [10, 59, 61, 125, 130, 190], 0)
     assert result == AddResult(added=2, skipped=4)  # [0, 60) by T, [120, 180) by the ledger
     assert summary(s.close_all()) == [("m", 60, [2]), ("m", 180, [5])]
     with pytest.raises(ValueError, match="timezone-aware"):
-        WindowKey.of("m", "", datetime(1970, 1, 1))
+        WindowKey.of("m", NONE, datetime(1970, 1, 1))
 
 
 def test_revoke_drops_state_and_reread_of_closed_windows_is_skipped_not_late() -> None:
@@ -258,7 +264,7 @@ def run_until_killed(world: World, fuse: int, rng: random.Random) -> bool:
         if fuse < 0:
             raise Killed
 
-    s = store(lateness=timedelta(seconds=20), closed_keys=[w.key for w in world.persisted])
+    s = store(lateness=timedelta(seconds=20), persisted=[w.key for w in world.persisted])
     positions = {}
     for tp in world.logs:
         s.assign(tp, Checkpoint.from_committed(world.committed.get(tp)))
@@ -279,11 +285,13 @@ def run_until_killed(world: World, fuse: int, rng: random.Random) -> bool:
                 if tp in paused:
                     continue
                 chunk = log[positions[tp] : positions[tp] + rng.randint(1, 7)]
-                for model in ("a", "b"):
+                groups = []
+                for model in ("a", "b"):  # one poll's rows, grouped by model as decode does
                     picked = [(positions[tp] + i, e) for i, e in enumerate(chunk) if e[2] == model]
                     if picked:
                         batch = rows([e[1] for _, e in picked], [e[0] for _, e in picked])
-                        world.late += s.add(tp, model, "", batch, [o for o, _ in picked]).late
+                        groups.append((model, NONE, batch, [o for o, _ in picked]))
+                world.late += sum(r.late for r in s.add_groups(tp, groups))
                 positions[tp] += len(chunk)
             for tp, log in world.logs.items():
                 s.advance(tp, positions[tp], caught_up=positions[tp] == len(log))

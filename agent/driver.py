@@ -1,0 +1,108 @@
+"""The one loop that runs a pipeline over a source: ``embmon run`` and ``embmon replay`` alike.
+
+Each turn: poll; apply revocations, then assignments; decode each partition's records and
+route them into windows; note positions (and lag); close due windows, evaluate and persist
+them; only then commit the checkpoints the window store says are safe; pause the partitions
+that run too far ahead in event time. A bounded source (a file, ``--until-end``) ends the loop
+once it is finished, with every window closed and committed. ``stop`` ends it after the
+current turn; open windows are not emitted partially, their events are re-read by whoever
+resumes the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from .decode import Reject
+from .pipeline import Pipeline
+from .source import Partition, Poll, RawRecord, Source
+
+__all__ = ["Driver"]
+
+log = logging.getLogger("embmon")
+
+
+class Driver:
+    """Moves records from ``source`` through ``pipeline`` until stopped or finished.
+
+    ``on_rejects(partition, rejects)`` sees every rejected record (dead letters);
+    ``on_turn()`` runs once per turn (liveness, progress).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        source: Source,
+        *,
+        stop: threading.Event | None = None,
+        commit_every_s: float = 5.0,
+        poll_timeout_ms: int = 500,
+        on_rejects: Callable[[Partition, tuple[Reject, ...]], None] | None = None,
+        on_turn: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipeline = pipeline
+        self.source = source
+        self.stop = stop or threading.Event()
+        self._commit_every = commit_every_s
+        self._poll_timeout = poll_timeout_ms
+        self._on_rejects = on_rejects
+        self._on_turn = on_turn
+        self._clock = clock
+        self._last_commit = float("-inf")
+
+    def run(self) -> None:
+        """Turn until ``stop`` is set or the source is finished (then close everything)."""
+        while not self.stop.is_set():
+            self.turn()
+            if self.source.finished():
+                self.pipeline.close(everything=True)
+                self._commit(force=True)
+                return
+        self._commit(force=True)
+
+    def turn(self) -> None:
+        if self._on_turn is not None:
+            self._on_turn()
+        poll = self.source.poll(self._poll_timeout)
+        self._apply_assignment(poll)
+        self._ingest(poll.records)
+        store = self.pipeline.store
+        progress = self.source.progress()
+        for partition, state in progress.items():
+            store.advance(partition, state.position, caught_up=state.caught_up)
+        self.pipeline.accounting.set_lag(
+            {tp: p.lag for tp, p in progress.items() if p.lag is not None}
+        )
+        closed = self.pipeline.close()
+        self._commit(force=bool(closed))
+        self.source.set_paused(store.paused_partitions())
+
+    def _apply_assignment(self, poll: Poll) -> None:
+        store = self.pipeline.store
+        if poll.revoked:
+            log.info("partitions revoked: %s", sorted(poll.revoked))
+            store.revoke(poll.revoked)
+        for partition, checkpoint in poll.assigned.items():
+            log.info("partition assigned: %s (resuming from %s)", partition, checkpoint)
+            store.assign(partition, checkpoint)
+
+    def _ingest(self, records: list[RawRecord]) -> None:
+        by_partition: dict[Partition, list[RawRecord]] = defaultdict(list)
+        for record in records:
+            by_partition[(record.topic, record.partition)].append(record)
+        for partition, batch in by_partition.items():
+            decoded = self.pipeline.ingest(partition, batch)
+            if decoded.rejects and self._on_rejects is not None:
+                self._on_rejects(partition, decoded.rejects)
+
+    def _commit(self, *, force: bool) -> None:
+        now = self._clock()
+        if not force and now - self._last_commit < self._commit_every:
+            return
+        if self.source.commit(self.pipeline.store.commit_offsets()):
+            self._last_commit = now

@@ -1,0 +1,87 @@
+"""The only place embmon reads kafka-python's private state, checked once at start-up.
+
+kafka-python 3.0.12 has two gaps a streaming agent falls into, and both are bridged through
+its ``Fetcher``'s private fields:
+
+* a partition's high watermark is only as fresh as its last fetch response that was read, so a
+  partition with fetched records still buffered may look caught up while it is not
+  (:func:`buffered_partitions`);
+* ``Fetcher.fetched_records`` restores records parked by ``pause()`` only when its in-line slot
+  is ``None``, but a fully read batch stays there (empty, not ``None``): the resumed partition
+  is then never fetched again (:func:`unstick_parked_records`).
+
+:func:`check` fails at once, with what to do, when the installed kafka-python lacks these
+fields, instead of letting the agent mis-judge its watermark later. ``TESTED_VERSIONS`` are
+the releases these workarounds were checked against (pyproject pins them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kafka
+from kafka import TopicPartition
+
+__all__ = [
+    "TESTED_VERSIONS",
+    "KafkaCompatError",
+    "buffered_partitions",
+    "check",
+    "unstick_parked_records",
+]
+
+log = logging.getLogger(__name__)
+
+TESTED_VERSIONS = ("3.0.12",)
+_FETCHER_FIELDS = (
+    "_completed_fetches",
+    "_next_partition_records",
+    "_paused_completed_fetches",
+    "_paused_partition_records",
+)
+
+
+class KafkaCompatError(RuntimeError):
+    """The installed kafka-python does not have the internals embmon relies on."""
+
+
+def check(consumer: Any) -> None:
+    """Fail clearly if ``consumer`` (a ``KafkaConsumer``) lacks the fields used here."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    missing = [name for name in _FETCHER_FIELDS if not hasattr(fetcher, name)]
+    if fetcher is None or missing:
+        raise KafkaCompatError(
+            f"kafka-python {kafka.__version__} lacks Fetcher fields {missing or ['_fetcher']} "
+            f"that embmon reads; install a tested release: "
+            f"pip install 'kafka-python=={TESTED_VERSIONS[-1]}'"
+        )
+    if kafka.__version__ not in TESTED_VERSIONS:
+        log.warning(
+            "kafka-python %s is not among the releases embmon was tested with (%s)",
+            kafka.__version__,
+            ", ".join(TESTED_VERSIONS),
+        )
+
+
+def buffered_partitions(consumer: Any) -> set[TopicPartition]:
+    """Partitions with fetched records not yet returned by ``poll``."""
+    fetcher = consumer._fetcher
+    found = {f.topic_partition for f in list(fetcher._completed_fetches)}
+    current = fetcher._next_partition_records
+    if current:
+        found.add(current.topic_partition)
+    found.update(fetcher._paused_completed_fetches)
+    found.update(fetcher._paused_partition_records)
+    return found
+
+
+def unstick_parked_records(consumer: Any) -> None:
+    """Free the fetcher's empty in-line slot so records parked by ``pause()`` come back.
+
+    Run before every ``poll``.
+    """
+    fetcher = consumer._fetcher
+    current = fetcher._next_partition_records
+    if current is not None and not current and fetcher._paused_partition_records:
+        fetcher._next_partition_records = None
