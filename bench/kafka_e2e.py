@@ -39,7 +39,7 @@ def produce(bootstrap: str, topic: str, partitions: int, n: int, dim: int, b64: 
     """Fill ``topic`` with ``n`` events spread over 10 hours; returns the bytes written."""
     from kafka import KafkaProducer
 
-    from agent.embedded_broker import create_topic
+    from demo.broker import create_topic
 
     create_topic(bootstrap, topic, partitions)
     producer = KafkaProducer(
@@ -174,7 +174,7 @@ def main() -> None:
     if args.quick:
         args.events_b64, args.events_json, args.repeats = 10_000, 5_000, 1
 
-    from agent.embedded_broker import EmbeddedBroker
+    from demo.broker import EmbeddedBroker
 
     reference = reference_dir(args.dim, 20)
     rows = []

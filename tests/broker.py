@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
-from agent.embedded_broker import create_topic
+from demo.broker import create_topic
 
 __all__ = ["new_topic", "produce"]
 

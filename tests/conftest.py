@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.embedded_broker import EmbeddedBroker
+from demo.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

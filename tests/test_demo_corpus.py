@@ -12,7 +12,7 @@ import orjson
 import pytest
 from sklearn.metrics import f1_score
 
-from agent.demo_corpus import (
+from demo.corpus import (
     LANGUAGE_PERTURBATION_RATIO,
     Scenario,
     build_scenario,
