@@ -6,11 +6,12 @@ found in a windows log, so a backtest reads like the seed without a hosted dashb
 is self-contained (PNGs inlined as base64) and the PNGs are also written next to it.
 
 >>> import tempfile
->>> record = {"model": "m", "window_start": "2026-11-20T00:00:00Z",
-...           "window_end": "2026-11-21T00:00:00Z", "events": 3, "drifted": False,
-...           "drift": {"closest_centroid": {"statistic": "hellinger", "score": 0.1,
-...                                          "threshold": 0.2, "drifted": False}},
-...           "closest_centroid": {"a": 0.5, "b": 0.5}}
+>>> from exporters.records import SegmentKey
+>>> from sketches.drift import DriftResult
+>>> record = WindowRecord(
+...     model="m", segment=SegmentKey(), start=1_795_132_800, end=1_795_219_200, events=3,
+...     drift={"closest_centroid": DriftResult("hellinger", 0.1, 0.2, False)},
+...     closest_centroid={"a": 0.5, "b": 0.5}, centroid_distance={}, reference="")
 >>> out = Path(tempfile.mkdtemp())
 >>> render_report([record], out).name
 'index.html'
@@ -27,13 +28,13 @@ import io
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 from matplotlib.figure import Figure
 
+from exporters.records import WindowRecord
 from exporters.report_charts import (
     Timeline,
     classification_chart,
@@ -42,12 +43,10 @@ from exporters.report_charts import (
     frequent_terms_chart,
     prediction_chart,
 )
+from exporters.windows_log import read_windows
 from sketches.errors import FormatError
 
-__all__ = ["Window", "load_windows", "main", "render_report", "write_report"]
-
-Window = Mapping[str, Any]
-"""One ``windows.jsonl`` record (docs/contracts.md)."""
+__all__ = ["main", "render_report", "write_report"]
 
 _CHARTS: tuple[tuple[str, str, str, Callable[[Timeline], Figure | None], str], ...] = (
     (
@@ -107,30 +106,8 @@ padding:0 .35rem;font-size:.8rem}code{background:#f3f3f3;padding:0 .2rem;border-
 """
 
 
-def load_windows(path: Path) -> list[dict[str, Any]]:
-    """Read a ``windows.jsonl`` file (blank lines skipped; any other bad line is an error)."""
-    records: list[dict[str, Any]] = []
-    with path.open("rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                raise FormatError(
-                    f"{path}:{number}: not valid JSON ({error}); is this a windows.jsonl file?"
-                ) from error
-            if not isinstance(record, dict) or "window_start" not in record:
-                raise FormatError(
-                    f"{path}:{number}: expected a window record with 'window_start' "
-                    "(see docs/contracts.md)"
-                )
-            records.append(record)
-    return records
-
-
 def render_report(
-    records: Iterable[Window], out_dir: Path, title: str = "embmon drift report"
+    records: Iterable[WindowRecord], out_dir: Path, title: str = "embmon drift report"
 ) -> Path:
     """Write ``index.html`` and one PNG per chart and (model, segment) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,9 +156,15 @@ def render_report(
 
 def write_report(windows_jsonl: Path, out_dir: Path) -> Path:
     """``embmon report``: the report of one windows log; returns the ``index.html`` path."""
-    return render_report(
-        load_windows(windows_jsonl), out_dir, f"embmon report: {windows_jsonl.name}"
-    )
+    try:
+        records = list(read_windows(windows_jsonl))
+    except orjson.JSONDecodeError as error:
+        raise FormatError(
+            f"{windows_jsonl}: a line is not valid JSON ({error}); is this a windows.jsonl file?"
+        ) from error
+    except FormatError as error:
+        raise FormatError(f"{windows_jsonl}: {error}") from error
+    return render_report(records, out_dir, f"embmon report: {windows_jsonl.name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,21 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _group(records: Iterable[Window]) -> dict[tuple[str, str], Timeline]:
-    """Windows per (model, canonical segment), in time order; groups in first-seen order."""
-    grouped: dict[tuple[str, str], list[Window]] = {}
+def _group(records: Iterable[WindowRecord]) -> dict[tuple[str, str], Timeline]:
+    """Windows per (model, segment label), in time order; groups in first-seen order."""
+    grouped: dict[tuple[str, str], list[WindowRecord]] = {}
     for record in records:
-        if "window_start" not in record:
-            raise FormatError("a window record lacks 'window_start' (see docs/contracts.md)")
-        segment = record.get("segment") or {}
-        key = (
-            str(record.get("model") or "default"),
-            ",".join(f"{k}={segment[k]}" for k in sorted(segment)),
-        )
-        grouped.setdefault(key, []).append(record)
+        grouped.setdefault((record.model or "default", record.segment.label), []).append(record)
     return {
-        key: Timeline(sorted(windows, key=lambda w: datetime.fromisoformat(w["window_start"])))
-        for key, windows in grouped.items()
+        key: Timeline(sorted(windows, key=lambda w: w.start)) for key, windows in grouped.items()
     }
 
 
@@ -230,16 +205,11 @@ def _overview(groups: Mapping[tuple[str, str], Timeline]) -> str:
     windows = [w for t in groups.values() for w in t.windows]
     if not windows:
         return '<p class="note">The input holds no windows: nothing to chart yet.</p>'
-    starts = [datetime.fromisoformat(w["window_start"]) for w in windows]
-    ends = [
-        datetime.fromisoformat(w["window_end"]) if "window_end" in w else s
-        for w, s in zip(windows, starts, strict=True)
-    ]
-    drifted = sum(bool(w.get("drifted")) for w in windows)
-    references = sorted({str(w["reference"]) for w in windows if w.get("reference")})
+    drifted = sum(w.drifted for w in windows)
+    references = sorted({w.reference for w in windows if w.reference})
     lines = [
         f"{len(windows)} windows of {len(groups)} model/segment series, "
-        f"{_stamp(min(starts))} to {_stamp(max(ends))}; "
+        f"{_stamp(min(w.start for w in windows))} to {_stamp(max(w.end for w in windows))}; "
         f"<strong>{drifted}</strong> drifted.",
         'Window dates printed in <span style="color:#d62728;font-weight:bold">red</span> '
         "are windows where at least one drift metric crossed its threshold.",
@@ -267,22 +237,21 @@ def _summary_table(t: Timeline) -> str:
     )
     rows = []
     for w in t.windows:
-        drift = w.get("drift") or {}
-        classification = w.get("classification") or {}
-        closest = w.get("closest_centroid") or {}
+        quality = w.classification
+        closest = w.closest_centroid
         top = max(closest, key=lambda name: closest[name]) if closest else None
-        terms = " ".join(str(term) for term, _ in (w.get("frequent_terms") or [])[:5])
+        terms = " ".join(term for term, _ in w.frequent_terms[:5])
         cells = [
-            _cell(html.escape(_stamp(datetime.fromisoformat(w["window_start"])))),
-            _cell(str(int(w.get("events") or 0)), numeric=True),
-            _cell('<span class="badge">drift</span>' if w.get("drifted") else ""),
-            _cell(html.escape(", ".join(m for m, r in drift.items() if (r or {}).get("drifted")))),
-            _cell(_fmt(classification.get("f1_macro")), numeric=True),
-            _cell(_fmt(classification.get("accuracy")), numeric=True),
+            _cell(html.escape(_stamp(w.start))),
+            _cell(str(w.events), numeric=True),
+            _cell('<span class="badge">drift</span>' if w.drifted else ""),
+            _cell(html.escape(", ".join(m for m, r in w.drift.items() if r.drifted))),
+            _cell(_fmt(None if quality is None else quality.f1_macro), numeric=True),
+            _cell(_fmt(None if quality is None else quality.accuracy), numeric=True),
             _cell(html.escape(f"{top} ({closest[top]:.0%})") if top is not None else "–"),
             _cell(html.escape(terms) or "–"),
         ]
-        klass = ' class="drifted"' if w.get("drifted") else ""
+        klass = ' class="drifted"' if w.drifted else ""
         rows.append(f"<tr{klass}>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
@@ -291,8 +260,8 @@ def _cell(content: str, numeric: bool = False) -> str:
     return f'<td class="num">{content}</td>' if numeric else f"<td>{content}</td>"
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "–"
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _png(figure: Figure) -> bytes:
@@ -314,10 +283,8 @@ def _unique(slug: str, taken: set[str]) -> str:
     return candidate
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M") + (
-        " UTC" if moment.utcoffset() == timedelta(0) else ""
-    )
+def _stamp(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ Each builder returns ``None`` when no window carries its data, for the page to s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
@@ -25,6 +26,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 from matplotlib.transforms import ScaledTranslation
+
+from exporters.records import Classification, WindowRecord
 
 __all__ = [
     "Timeline",
@@ -53,33 +56,26 @@ _MAX_TICKS = 16
 class Timeline:
     """The windows of one (model, segment), sorted by start: what every chart draws from."""
 
-    windows: Sequence[Mapping[str, Any]]
+    windows: Sequence[WindowRecord]
 
     @cached_property
     def ticks(self) -> list[str]:
         """Window start labels: dates for daily (or longer) windows, else date and time."""
-        starts = [datetime.fromisoformat(w["window_start"]) for w in self.windows]
+        starts = [datetime.fromtimestamp(w.start, UTC) for w in self.windows]
         daily = all(s.hour == s.minute == s.second == 0 for s in starts) and all(
-            (datetime.fromisoformat(w["window_end"]) - s).total_seconds() >= 86_400
-            for w, s in zip(self.windows, starts, strict=True)
-            if "window_end" in w
+            w.end - w.start >= 86_400 for w in self.windows
         )
         return [s.strftime("%b %d" if daily else "%b %d\n%H:%M") for s in starts]
 
     @cached_property
     def drifted(self) -> list[bool]:
-        return [bool(w.get("drifted")) for w in self.windows]
+        return [w.drifted for w in self.windows]
 
     @cached_property
     def colours(self) -> dict[str, Any]:
         """One colour per centroid/class name, shared by the closest-centroid and class charts."""
         names = sorted(
-            {
-                n
-                for w in self.windows
-                for key in ("closest_centroid", "predictions")
-                for n in (w.get(key) or {})
-            }
+            {n for w in self.windows for n in (*w.closest_centroid, *(w.predictions or {}))}
         )
         strong = _CATEGORY_COLOURS[:8]
         palette = strong if len(names) <= len(strong) else _CATEGORY_COLOURS
@@ -91,12 +87,14 @@ class Timeline:
 
 def closest_centroid_chart(t: Timeline) -> Figure | None:
     """The seed's Figure 3: which reference centroid events fall closest to, per window."""
-    return _stacked(t, "closest_centroid", "Share of events by closest reference centroid")
+    shares = [w.closest_centroid for w in t.windows]
+    return _stacked(t, shares, "Share of events by closest reference centroid")
 
 
 def prediction_chart(t: Timeline) -> Figure | None:
     """Predicted class mix per window: a drift signal that needs no ground truth."""
-    return _stacked(t, "predictions", "Share of events by predicted class")
+    shares = [w.predictions or {} for w in t.windows]
+    return _stacked(t, shares, "Share of events by predicted class")
 
 
 def frequent_terms_chart(t: Timeline) -> Figure | None:
@@ -108,8 +106,8 @@ def frequent_terms_chart(t: Timeline) -> Figure | None:
     rates: list[dict[str, float]] = []
     counts: list[dict[str, int]] = []
     for w in t.windows:
-        pairs = {str(term): int(count) for term, count in (w.get("frequent_terms") or [])}
-        events = max(int(w.get("events") or 0), 1)
+        pairs = dict(w.frequent_terms)
+        events = max(w.events, 1)
         counts.append(pairs)
         rates.append({term: count / events for term, count in pairs.items()})
     if not any(counts):
@@ -157,8 +155,10 @@ def frequent_terms_chart(t: Timeline) -> Figure | None:
 def classification_chart(t: Timeline) -> Figure | None:
     """The seed's Figure 5: F1 and accuracy per window (precision and recall as context)."""
     series = {
-        key: np.array([_number((w.get("classification") or {}).get(key)) for w in t.windows])
-        for key in ("f1_macro", "accuracy", "precision_macro", "recall_macro")
+        "f1_macro": _quality(t, lambda c: c.f1_macro),
+        "accuracy": _quality(t, lambda c: c.accuracy),
+        "precision_macro": _quality(t, lambda c: c.precision_macro),
+        "recall_macro": _quality(t, lambda c: c.recall_macro),
     }
     if np.isnan(series["f1_macro"]).all() and np.isnan(series["accuracy"]).all():
         return None
@@ -214,7 +214,7 @@ def drift_chart(t: Timeline) -> Figure | None:
     """Each drift metric's score against its (calibrated, per-window) threshold."""
     metrics: list[str] = []
     for w in t.windows:
-        metrics += [m for m in (w.get("drift") or {}) if m not in metrics]
+        metrics += [m for m in w.drift if m not in metrics]
     if not metrics:
         return None
     metrics.sort(key=lambda m: m != "closest_centroid")
@@ -243,11 +243,15 @@ def drift_chart(t: Timeline) -> Figure | None:
 
 def _drift_panel(ax: Axes, t: Timeline, metric: str) -> set[str]:
     """Draw one metric's panel; returns the bar colours used, for the shared legend."""
-    results = [(w.get("drift") or {}).get(metric) or {} for w in t.windows]
-    scores = np.array([_number(r.get("score")) for r in results])
-    thresholds = np.array([_number(r.get("threshold")) for r in results])
+    results = [w.drift.get(metric) for w in t.windows]
+    scores = np.array([_number(None if r is None else r.score) for r in results])
+    thresholds = np.array([_number(None if r is None else r.threshold) for r in results])
     colours = [
-        _DRIFT if r.get("drifted") else _MUTED if r.get("threshold") is None else _OK
+        _DRIFT
+        if r is not None and r.drifted
+        else _MUTED
+        if r is None or r.threshold is None
+        else _OK
         for r in results
     ]
     x = np.arange(len(t))
@@ -263,16 +267,15 @@ def _drift_panel(ax: Axes, t: Timeline, metric: str) -> set[str]:
     ceiling = np.nanmax(np.concatenate([scores, thresholds, [0.0]]))
     ax.set_ylim(0.0, (ceiling or 1.0) * 1.18)
     ax.set_xlim(-0.5, len(t) - 0.5)
-    statistic = next((str(r["statistic"]) for r in results if r.get("statistic")), "")
+    statistic = next((r.statistic for r in results if r is not None and r.statistic), "")
     ax.set_title(f"{metric} ({statistic})" if statistic else metric, loc="left", fontsize=10)
     ax.grid(axis="y", color="#e6e6e6")
     ax.set_axisbelow(True)
     _window_axis(ax, t, rug=False)
-    return {c for c, r in zip(colours, results, strict=True) if r}
+    return {c for c, r in zip(colours, results, strict=True) if r is not None}
 
 
-def _stacked(t: Timeline, key: str, title: str) -> Figure | None:
-    shares = [{str(k): float(v) for k, v in (w.get(key) or {}).items()} for w in t.windows]
+def _stacked(t: Timeline, shares: Sequence[Mapping[str, float]], title: str) -> Figure | None:
     if not any(shares):
         return None
     names = sorted(
@@ -368,7 +371,12 @@ def _width(windows: int) -> float:
     return min(16.0, max(8.0, 3.0 + 0.6 * windows))
 
 
-def _number(value: Any) -> float:
-    return (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
+def _quality(t: Timeline, read: Callable[[Classification], float]) -> npt.NDArray[np.float64]:
+    """One classification metric per window; NaN where a window had no labelled events."""
+    return np.array(
+        [_number(None if w.classification is None else read(w.classification)) for w in t.windows]
     )
+
+
+def _number(value: float | None) -> float:
+    return np.nan if value is None else float(value)
