@@ -153,11 +153,12 @@ def _reference_build(args: argparse.Namespace) -> int:
     progress.finish()
     out = reference.save(args.out)
     rows = reference.info["rows"]
+    folds = f", profile/holdout scored out of fold ({rows['folds']} folds)" if rows["folds"] else ""
     print(
         f"reference {reference.version} written to {out}: {len(reference.labels)} centroids "
         f"({', '.join(reference.labels[:8])}{', …' if len(reference.labels) > 8 else ''}), "
         f"dim {reference.dim}, {reference.space.n_components} PCA components, {reference.distance} distance; "
-        f"rows fit/profile/holdout {rows['fit']}/{rows['profile']}/{rows['holdout']}; alpha {args.alpha}"
+        f"rows fit/profile/holdout {rows['fit']}/{rows['profile']}/{rows['holdout']}{folds}; alpha {args.alpha}"
     )
     return 0
 

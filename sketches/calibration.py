@@ -3,10 +3,11 @@
 The promise: a window drawn from the reference distribution is flagged ``drifted`` (by any
 metric) with probability at most ``alpha``, whatever its event count. The method:
 
-1. Rows held out from everything else (not used to fit the PCA, the centroids or the
-   reference profile) stand in for clean production traffic. Rows used for fitting sit closer
-   to the subspace and centroids than new data does, so calibrating on them would alarm on
-   clean data.
+1. Rows held out from everything else stand in for clean production traffic: not in the
+   reference profile, and scored by a PCA and centroids that never saw them (fitted without
+   them, or cross-fitted without their fold: see :mod:`sketches.reference`). Rows scored by a
+   fit that saw them sit closer to the subspace and centroids than new data does, so
+   calibrating on them would alarm on clean data.
 2. For each window size ``n`` of a geometric grid (10 … 10,000 by default) draw ``rounds``
    clean windows (four times as many up to 100 events) by a two-stage bootstrap: first resample the held-out rows (a plausible other
    draw of "the reference distribution"), then draw ``n`` rows from that resample. The first
@@ -180,7 +181,8 @@ def calibrate(
     """Thresholds for every metric the held-out rows allow, on a grid of window sizes.
 
     ``empty`` makes a fresh profile bound to the reference; ``features`` and ``batch`` are
-    the held-out rows (their embedding features, and their tokens / predictions / targets).
+    the held-out rows (their embedding features, as a space that never saw them computes
+    them, and their tokens / predictions / targets).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

@@ -6,6 +6,11 @@ coordinates in the reference PCA subspace, and its residual: the euclidean norm 
 ``x - mean`` that the subspace does not explain (multivariate drift shows up here first when a
 new kind of input arrives).
 
+A :class:`SpaceFit` is the recipe of a space (method, components, distance); fitting it is
+the only place scikit-learn is imported, so loading a saved reference never imports it.
+:func:`cross_fitted_features` refits the recipe without each fold of the rows, to score rows
+the way a space that never saw them would.
+
 >>> import numpy as np
 >>> space = EmbeddingSpace(
 ...     centroids=np.eye(2, dtype=np.float32), labels=("x", "y"), distance="cosine",
@@ -17,6 +22,7 @@ new kind of input arrives).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,15 +32,21 @@ import numpy.typing as npt
 from .errors import ReferenceError_
 
 __all__ = [
+    "METHODS",
     "Distance",
     "EmbeddingFeatures",
     "EmbeddingSpace",
+    "Method",
+    "SpaceFit",
+    "class_centroids",
+    "cross_fitted_features",
     "fit_pca",
     "kmeans_centroids",
-    "pca_centroids",
 ]
 
 Distance = Literal["cosine", "euclidean"]
+Method = Literal["pca-centroids", "kmeans", "pca-kmeans", "manual"]
+METHODS: tuple[Method, ...] = ("pca-centroids", "kmeans", "pca-kmeans", "manual")
 F32 = npt.NDArray[np.float32]
 
 
@@ -111,7 +123,12 @@ class EmbeddingSpace:
 
 
 def fit_pca(vectors: F32, n_components: int, seed: int = 0) -> tuple[F32, F32]:
-    """Mean and orthonormal components of a PCA fitted on ``vectors`` (k capped by the data)."""
+    """Mean and orthonormal components of a PCA fitted on ``vectors`` (k capped by the data).
+
+    scikit-learn's default solver, as whylogs' selectors use it: for digits-like shapes
+    (``n >= 10 d``, ``d <= 1000``) that is the exact ``covariance_eigh``, so the subspace is
+    the one whylogs finds.
+    """
     from sklearn.decomposition import PCA  # here: loading scikit-learn takes seconds
 
     k = max(1, min(n_components, vectors.shape[0] - 1, vectors.shape[1]))
@@ -119,33 +136,162 @@ def fit_pca(vectors: F32, n_components: int, seed: int = 0) -> tuple[F32, F32]:
     return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
 
 
-def pca_centroids(
-    vectors: npt.ArrayLike, labels: npt.ArrayLike, n_components: int = 20
-) -> tuple[F32, list[str]]:
-    """Per-label means in PCA space mapped back to the embedding space.
+def class_centroids(
+    vectors: F32, labels: npt.NDArray[np.str_], names: Sequence[str], mean: F32, components: F32
+) -> F32:
+    """Each label's mean projected onto the affine PCA subspace, one row per name, in order.
 
-    The same centroids as whylogs' ``PCACentroidsSelector(n_components).calculate_references``:
-    fit a PCA on all rows, average each label's PCA coordinates, ``inverse_transform`` the
-    means. Labels come back sorted (``np.unique`` order).
+    This is what whylogs' ``PCACentroidsSelector`` computes (class means of the PCA
+    coordinates, mapped back), in its closed form ``mean + (m - mean) V^T V``. Sums run in
+    float64 so that float32 embeddings give whylogs' centroids to float32 precision.
     """
-    from sklearn.decomposition import PCA
+    mu = mean.astype(np.float64)
+    basis = components.astype(np.float64)
+    means = []
+    for name in names:
+        members = vectors[labels == name]
+        if members.shape[0] == 0:
+            raise ReferenceError_(
+                f"no rows of label {name!r} to fit its centroid on; give every label at least "
+                "2 rows (cross-fitting fits each centroid without one fold of the rows)"
+            )
+        means.append(members.mean(axis=0, dtype=np.float64))
+    return (mu + ((np.stack(means) - mu) @ basis.T) @ basis).astype(np.float32)
 
-    x = np.asarray(vectors)
-    y = np.asarray(labels)
-    if x.shape[0] != y.shape[0]:
-        raise ReferenceError_(f"{x.shape[0]} vectors but {y.shape[0]} labels")
-    pca = PCA(n_components=min(n_components, *x.shape))
-    projected = pca.fit_transform(x)
-    names = np.unique(y)
-    means = np.stack([projected[y == name].mean(axis=0) for name in names])
-    return pca.inverse_transform(means).astype(np.float32), [str(n) for n in names]
 
+def kmeans_centroids(
+    vectors: npt.NDArray[np.floating[Any]],
+    clusters: int,
+    seed: int = 0,
+    init: npt.NDArray[np.floating[Any]] | None = None,
+) -> F32:
+    """K-means centroids of ``vectors``: k-means++ with restarts, or Lloyd from ``init``.
 
-def kmeans_centroids(vectors: npt.NDArray[np.floating[Any]], clusters: int, seed: int = 0) -> F32:
-    """K-means centroids (k-means++ init, several restarts) of ``vectors``."""
+    Starting from given centroids keeps cluster ``i`` the same cluster: cross-fitting starts
+    each fold from the centroids fitted on all rows, so fold and final centroids line up.
+    """
     from sklearn.cluster import KMeans
 
     if clusters < 1 or clusters > vectors.shape[0]:
         raise ReferenceError_(f"cannot find {clusters} clusters in {vectors.shape[0]} rows")
-    model = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit(vectors)
-    return np.asarray(model.cluster_centers_, dtype=np.float32)
+    if init is None:
+        model = KMeans(n_clusters=clusters, n_init=4, random_state=seed)
+    else:
+        model = KMeans(
+            n_clusters=clusters, init=init.astype(vectors.dtype), n_init=1, random_state=seed
+        )
+    return np.asarray(model.fit(vectors).cluster_centers_, dtype=np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class SpaceFit:
+    """How to fit an embedding space on rows: the recipe that cross-fitting repeats per fold.
+
+    ``names`` are the centroid names in order: the labels (``pca-centroids``, whose centroid
+    ``i`` is the mean of label ``names[i]``), the manual centroids' names, or cluster names.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.vstack([rng.normal(m, 1, (40, 6)) for m in (0, 4)]).astype(np.float32)
+    >>> y = np.repeat(["a", "b"], 40)
+    >>> recipe = SpaceFit("pca-centroids", ("a", "b"), components=2, distance="euclidean")
+    >>> space = recipe.fit(x, y)
+    >>> crossed = cross_fitted_features(recipe, space, x, y, np.arange(80) % 5)
+    >>> bool(crossed.residual.mean() > space.features(x).residual.mean())  # rows look new
+    True
+    >>> bool((crossed.closest == space.features(x).closest).all())
+    True
+    """
+
+    method: Method
+    names: tuple[str, ...]
+    components: int = 20
+    distance: Distance = "cosine"
+    seed: int = 0
+    centroids: F32 | None = None  # the given centroids of ``manual``
+
+    def fit(
+        self,
+        vectors: F32,
+        labels: npt.NDArray[np.str_] | None,
+        like: EmbeddingSpace | None = None,
+    ) -> EmbeddingSpace:
+        """The space fitted on ``vectors``; ``like`` (a space of the same recipe) aligns the
+        k-means clusters with its own, so centroid ``i`` keeps its name."""
+        mean, components = fit_pca(vectors, self.components, self.seed)
+        centroids = self._centroids(vectors, labels, mean, components, like)
+        return EmbeddingSpace(centroids, self.names, self.distance, mean, components)
+
+    def _centroids(
+        self,
+        x: F32,
+        labels: npt.NDArray[np.str_] | None,
+        mean: F32,
+        components: F32,
+        like: EmbeddingSpace | None,
+    ) -> F32:
+        if self.method == "pca-centroids":
+            if labels is None:
+                raise ReferenceError_("pca-centroids needs one label per row")
+            return class_centroids(x, labels, self.names, mean, components)
+        if self.method == "manual":
+            if self.centroids is None:
+                raise ReferenceError_("method manual needs a centroids matrix")
+            return np.asarray(self.centroids, dtype=np.float32)
+        clusters = len(self.names)
+        if self.method not in ("kmeans", "pca-kmeans"):
+            raise ReferenceError_(
+                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
+        if self.method == "kmeans":
+            data = _unit_rows(x) if self.distance == "cosine" else x
+            return kmeans_centroids(
+                data, clusters, self.seed, None if like is None else like.centroids
+            )
+        coords = ((x - mean) @ components.T).astype(np.float32)
+        start = (
+            None if like is None else ((like.centroids - mean) @ components.T).astype(np.float32)
+        )
+        centres = kmeans_centroids(coords, clusters, self.seed, start)
+        return (mean + centres @ components).astype(np.float32)
+
+
+def cross_fitted_features(
+    recipe: SpaceFit,
+    space: EmbeddingSpace,
+    vectors: F32,
+    labels: npt.NDArray[np.str_] | None,
+    folds: npt.NDArray[np.intp],
+) -> EmbeddingFeatures:
+    """Every row's features as a space fitted without the row's fold sees them.
+
+    ``space`` is the recipe fitted on all rows. For each fold the recipe is fitted again on the
+    other folds and scores the fold's rows: distances, closest centroid and residual as a new
+    row would get them (not the smaller ones of a row the fit has seen), and the coordinates
+    of its projection expressed in ``space``'s basis, so that they sum with live windows'.
+    """
+    n = vectors.shape[0]
+    distances = np.empty((n, len(space.labels)), dtype=np.float32)
+    closest = np.empty(n, dtype=np.intp)
+    coords = np.empty((n, space.n_components), dtype=np.float32)
+    residual = np.empty(n, dtype=np.float32)
+    for fold in np.unique(folds):
+        out = folds == fold
+        fold_space = recipe.fit(vectors[~out], None if labels is None else labels[~out], like=space)
+        seen = fold_space.features(vectors[out])
+        distances[out], closest[out], residual[out] = seen.distances, seen.closest, seen.residual
+        coords[out] = _in_basis(seen.coords, fold_space, space)
+    return EmbeddingFeatures(distances, closest, coords, residual)
+
+
+def _in_basis(coords: F32, source: EmbeddingSpace, target: EmbeddingSpace) -> F32:
+    """Coordinates in ``source``'s subspace re-expressed in ``target``'s (the point
+    ``source.mean + coords @ source.components``, projected onto ``target``)."""
+    rotation = source.components @ target.components.T
+    offset = (source.mean - target.mean) @ target.components.T
+    return (coords @ rotation + offset).astype(np.float32)
+
+
+def _unit_rows(x: F32) -> F32:
+    """Rows scaled to unit length (zero rows stay zero): cosine k-means clusters directions."""
+    norms: F32 = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return (x / norms).astype(np.float32)

@@ -5,9 +5,26 @@ profile of reference traffic, and drift thresholds calibrated for every window s
 :mod:`sketches.calibration`). Its version is a content hash, so windows always say which
 reference judged them.
 
-Rows are split three ways (stratified by label when there are labels): ``fit`` rows fit the PCA
-and the centroids, ``profile`` rows make the reference profile, and ``holdout`` rows — used
-for nothing else — calibrate the thresholds.
+The space is fitted on *all* the training rows given, so ``pca-centroids`` gives whylogs'
+``PCACentroidsSelector`` centroids for the same input. The profile and the thresholds must
+not come from rows scored by a fit that saw them: such rows sit closer to the subspace and
+to the centroids than fresh traffic does, and thresholds calibrated on them alarm on clean
+windows. So the rows are cross-fitted: they are dealt into ``folds`` folds (stratified by
+label), and each fold is scored by the same recipe fitted on the other folds only (k-means
+started from the final centroids, so cluster ``i`` keeps its meaning; coordinates mapped into
+the final PCA basis). Every row thus gets the features a new row would get from a space fit
+on (K-1)/K of the rows; that space is only slightly worse than the final one (the gap
+shrinks like 1/K; on digits, 5 folds leave about a tenth of the fitted-row bias). Those out-of-fold rows are then split once more (stratified): the
+``profile`` part makes the reference profile, and the ``holdout`` part, used for nothing
+else, calibrates the thresholds against it, so the calibration also sees the profile's own
+sampling error. Each part is about half the rows (``profile_share : holdout``), not a quarter.
+
+With ``fit_rows`` (e.g. the model's own training set) the space is fitted on those rows
+instead, and the rows given are not seen by the fit: they are scored directly and only split
+into profile and holdout.
+
+Numeric labels (``0, 1, ..., 10``, as numbers or digit strings) are ordered as numbers, like
+whylogs' selector; other labels follow them in string order. Names are always strings.
 
 >>> import numpy as np
 >>> from sketches.batch import EventBatch
@@ -18,18 +35,22 @@ for nothing else — calibrate the thresholds.
 ...                       components=4, rounds=50, sizes=(10, 100))
 >>> ref.space.labels, ref.dim, ref.version.startswith("sha256:")
 (('a', 'b'), 8, True)
+>>> ref.info["rows"]
+{'fit': 400, 'profile': 200, 'holdout': 200, 'folds': 5}
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -39,14 +60,21 @@ from .batch import EventBatch
 from .calibration import DEFAULT_SIZES, Calibration, calibrate
 from .drift import CategoricalStatistic
 from .errors import FormatError, ReferenceError_
-from .geometry import Distance, EmbeddingSpace, fit_pca, kmeans_centroids
+from .geometry import (
+    METHODS,
+    Distance,
+    EmbeddingFeatures,
+    EmbeddingSpace,
+    Method,
+    SpaceFit,
+    cross_fitted_features,
+)
 from .profile import WindowProfile
 from .serial import pack, unpack
+from .text import text_features
 
-__all__ = ["METHODS", "Reference", "build_reference"]
+__all__ = ["METHODS", "Method", "Reference", "build_reference"]
 
-Method = Literal["pca-centroids", "kmeans", "pca-kmeans", "manual"]
-METHODS: tuple[Method, ...] = ("pca-centroids", "kmeans", "pca-kmeans", "manual")
 FORMAT = "embmon-reference/1"
 F32 = npt.NDArray[np.float32]
 
@@ -200,8 +228,9 @@ def _finite(vectors: npt.ArrayLike) -> F32:
 
 
 def _labels(
-    labels: Sequence[str] | npt.NDArray[Any] | None, rows: int
+    labels: Sequence[Any] | npt.NDArray[Any] | None, rows: int
 ) -> npt.NDArray[np.str_] | None:
+    """Labels as names (strings: ``3``, ``np.int64(3)`` and ``"3"`` are all ``"3"``)."""
     if labels is None:
         return None
     y = np.asarray([str(v) for v in labels])
@@ -210,65 +239,131 @@ def _labels(
     return y
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _label_key(name: str) -> tuple[int, Decimal, str]:
+    """Numbers first, by value (exactly, as decimals), then the other names as strings."""
+    if _NUMBER.fullmatch(name):
+        return 0, Decimal(name), name
+    return 1, Decimal(0), name
+
+
+def _label_order(labels: npt.NDArray[np.str_]) -> tuple[str, ...]:
+    """The distinct labels in centroid order: numeric labels in numeric order (``2 < 10``).
+
+    Labels read from ``.npy``/``.txt``/JSON arrive as strings; sorting those as strings would
+    put ``10`` before ``2``, unlike whylogs' selector on the same integer labels.
+
+    >>> _label_order(np.array(["10", "2", "b", "0", "a", "-1.5"]))
+    ('-1.5', '0', '2', '10', 'a', 'b')
+    """
+    return tuple(sorted((str(v) for v in np.unique(labels)), key=_label_key))
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Which rows make the profile, which calibrate, and the cross-fitting fold of each row."""
+
+    profile: npt.NDArray[np.intp]
+    holdout: npt.NDArray[np.intp]
+    folds: npt.NDArray[np.intp]
+
+
+def _groups(rows: int, labels: npt.NDArray[np.str_] | None) -> list[npt.NDArray[np.intp]]:
+    if labels is None:
+        return [np.arange(rows)]
+    return [np.flatnonzero(labels == name) for name in _label_order(labels)]
+
+
 def _split(
-    rows: int, labels: npt.NDArray[np.str_] | None, holdout: float, profile_share: float, seed: int
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Stratified (by label, if any) fit / profile / holdout row indices."""
+    rows: int, labels: npt.NDArray[np.str_] | None, holdout: float, folds: int, seed: int
+) -> _Split:
+    """Stratified (by label, if any) profile / holdout rows, and folds dealt round-robin.
+
+    Each label's rows are shuffled once; the first ``holdout`` share of them calibrates, the
+    rest profile, and consecutive rows go to consecutive folds (continuing across labels), so
+    every fold holds every label and both parts spread evenly over the folds.
+    """
     rng = np.random.default_rng(seed)
-    groups = (
-        [np.arange(rows)]
-        if labels is None
-        else [np.flatnonzero(labels == v) for v in np.unique(labels)]
-    )
-    fit, prof, hold = [], [], []
-    for group in groups:
+    fold_of = np.zeros(rows, dtype=np.intp)
+    prof, hold = [], []
+    dealt = 0
+    for group in _groups(rows, labels):
         order = rng.permutation(group)
-        n_hold = round(len(order) * holdout)
-        n_prof = round(len(order) * profile_share)
+        fold_of[order] = (dealt + np.arange(order.size)) % folds
+        dealt += order.size
+        n_hold = round(order.size * holdout)
         hold.append(order[:n_hold])
-        prof.append(order[n_hold : n_hold + n_prof])
-        fit.append(order[n_hold + n_prof :])
-    return np.concatenate(fit), np.concatenate(prof), np.concatenate(hold)
+        prof.append(order[n_hold:])
+    return _Split(np.concatenate(prof), np.concatenate(hold), fold_of)
 
 
-def _centroids(
+def _recipe(
     method: Method,
-    x: F32,
     labels: npt.NDArray[np.str_] | None,
-    mean: F32,
-    components: F32,
+    *,
+    components: int,
     clusters: int,
     distance: Distance,
     seed: int,
-) -> tuple[F32, list[str]]:
+    centroids: npt.ArrayLike | None,
+    centroid_labels: Sequence[str] | None,
+) -> SpaceFit:
+    """The fitting recipe of ``method``, checked before anything is fitted."""
     if method == "pca-centroids":
         if labels is None:
             raise ReferenceError_(
                 "pca-centroids needs labels (--labels, or a label field of the events)"
             )
-        names = [str(v) for v in np.unique(labels)]
-        coords = (x - mean) @ components.T
-        means = np.stack([coords[labels == name].mean(axis=0) for name in names])
-        return (mean + means @ components).astype(np.float32), names
-    names = [f"cluster-{i}" for i in range(clusters)]
-    if method == "kmeans":
-        data = (
-            x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-            if distance == "cosine"
-            else x
-        )
-        return kmeans_centroids(data.astype(np.float32), clusters, seed), names
-    if method == "pca-kmeans":
-        coords = ((x - mean) @ components.T).astype(np.float32)
-        return (mean + kmeans_centroids(coords, clusters, seed) @ components).astype(
-            np.float32
-        ), names
+        return SpaceFit(method, _label_order(labels), components, distance, seed)
+    if method == "manual":
+        if centroids is None:
+            raise ReferenceError_("method manual needs a centroids matrix (--centroids FILE.npy)")
+        given = np.asarray(centroids, dtype=np.float32)
+        names = tuple(centroid_labels or [f"centroid-{i}" for i in range(given.shape[0])])
+        return SpaceFit(method, names, components, distance, seed, given)
+    if method in ("kmeans", "pca-kmeans"):
+        names = tuple(f"cluster-{i}" for i in range(clusters))
+        return SpaceFit(method, names, components, distance, seed)
     raise ReferenceError_(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _check_shares(holdout: float, profile_share: float, folds: int | None) -> None:
+    """``folds`` is None when nothing is cross-fitted (the fit has its own rows)."""
+    if holdout <= 0 or profile_share <= 0:
+        raise ReferenceError_(
+            f"holdout and profile_share must both be positive, got {holdout} and {profile_share}"
+        )
+    if folds is not None and folds < 2:
+        raise ReferenceError_(f"cross-fitting needs at least 2 folds, got {folds}")
+
+
+def _check_sizes(total: int, fit: int, split: _Split) -> None:
+    if min(fit, len(split.profile), len(split.holdout)) < 20:
+        raise ReferenceError_(
+            f"{total} rows are too few: the fit, profile and holdout parts need at least 20 each"
+            f" (got {fit}/{len(split.profile)}/{len(split.holdout)})"
+        )
+
+
+def _profile(
+    space: EmbeddingSpace, features: EmbeddingFeatures, batch: EventBatch
+) -> WindowProfile:
+    """The reference profile of rows whose features are already computed (out of fold)."""
+    profile = WindowProfile.empty(space, "")
+    profile.update_features(
+        features,
+        text=None if batch.tokens is None else text_features(batch.tokens),
+        predictions=batch.predictions,
+        targets=batch.targets,
+    )
+    return profile
 
 
 def build_reference(
     batch: EventBatch,
-    labels: Sequence[str] | npt.NDArray[Any] | None = None,
+    labels: Sequence[Any] | npt.NDArray[Any] | None = None,
     *,
     method: Method = "pca-centroids",
     components: int = 20,
@@ -285,46 +380,49 @@ def build_reference(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     fit_rows: EventBatch | None = None,
-    fit_labels: Sequence[str] | npt.NDArray[Any] | None = None,
+    fit_labels: Sequence[Any] | npt.NDArray[Any] | None = None,
+    folds: int = 5,
 ) -> Reference:
     """Build a reference from training rows (embeddings, and tokens/predictions if any).
 
-    ``labels`` (one per row) drive ``pca-centroids`` and stratify the split; ``manual`` takes
-    ``centroids`` (and optional ``centroid_labels``) instead of fitting them. Pass ``fit_rows``
-    (and ``fit_labels``), e.g. the model's training set, to fit the PCA and centroids on them;
-    ``batch`` is then split into profile and holdout rows only.
+    ``labels`` (one per row) drive ``pca-centroids`` and stratify the splits; ``manual``
+    takes ``centroids`` (and optional ``centroid_labels``) instead of fitting them. The space
+    is fitted on all of ``batch`` and its rows are scored out of fold (``folds`` folds); they
+    are split into profile and holdout rows in the ratio ``profile_share : holdout``. Pass
+    ``fit_rows`` (and ``fit_labels``), e.g. the model's training set, to fit the space on them
+    instead; ``batch`` is then only scored and split (no cross-fitting: the fit never saw it).
     """
     x = _finite(batch.embeddings)
     y = _labels(labels, x.shape[0])
-    if fit_rows is None:
-        fit, prof, hold = _split(x.shape[0], y, holdout, profile_share, seed)
-        x_fit, y_fit = x[fit], None if y is None else y[fit]
-    else:
-        share = holdout / (holdout + profile_share)
-        fit, prof, hold = _split(x.shape[0], y, share, 1.0 - share, seed)
+    cross_fit = fit_rows is None
+    _check_shares(holdout, profile_share, folds if cross_fit else None)
+    share = holdout / (holdout + profile_share)
+    split = _split(x.shape[0], y, share, folds if cross_fit else 1, seed)
+    x_fit, y_fit = x, y
+    if fit_rows is not None:
         x_fit = _finite(fit_rows.embeddings)
         y_fit = _labels(fit_labels, x_fit.shape[0])
-    if min(x_fit.shape[0], len(prof), len(hold)) < 20:
-        raise ReferenceError_(
-            f"{x.shape[0]} rows are too few: each of the fit/profile/holdout parts needs at least 20"
-        )
-    mean, comps = fit_pca(x_fit, components, seed)
-    if method == "manual":
-        if centroids is None:
-            raise ReferenceError_("method manual needs a centroids matrix (--centroids FILE.npy)")
-        cents = np.asarray(centroids, dtype=np.float32)
-        names = list(centroid_labels or [f"centroid-{i}" for i in range(cents.shape[0])])
-    else:
-        cents, names = _centroids(method, x_fit, y_fit, mean, comps, clusters, distance, seed)
-    space = EmbeddingSpace(cents, tuple(names), distance, mean, comps)
-    draft = WindowProfile.empty(space, "")
-    draft.update(batch.take(prof))
-    held = batch.take(hold)
+    _check_sizes(x.shape[0], x_fit.shape[0], split)
+    recipe = _recipe(
+        method,
+        y_fit,
+        components=components,
+        clusters=clusters,
+        distance=distance,
+        seed=seed,
+        centroids=centroids,
+        centroid_labels=centroid_labels,
+    )
+    space = recipe.fit(x_fit, y_fit)
+    features = (
+        cross_fitted_features(recipe, space, x, y, split.folds) if cross_fit else space.features(x)
+    )
+    draft = _profile(space, features.take(split.profile), batch.take(split.profile))
     calibration = calibrate(
         lambda: WindowProfile.empty(space, ""),
         draft,
-        space.features(held.embeddings),
-        held,
+        features.take(split.holdout),
+        batch.take(split.holdout),
         alpha=alpha,
         statistic=statistic,
         sizes=sizes,
@@ -336,7 +434,12 @@ def build_reference(
     version = _content_hash(space, calibration, statistic, draft_bytes)
     draft.reference_version = version
     info = {
-        "rows": {"fit": int(x_fit.shape[0]), "profile": len(prof), "holdout": len(hold)},
+        "rows": {
+            "fit": int(x_fit.shape[0]),
+            "profile": len(split.profile),
+            "holdout": len(split.holdout),
+            "folds": folds if cross_fit else 0,
+        },
         "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
     return Reference(

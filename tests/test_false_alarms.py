@@ -1,8 +1,10 @@
 """Calibrated thresholds keep their promise: clean windows are flagged at most ``alpha`` of the time.
 
-The reference is built (at alpha = 0.05) from the build split of ``load_digits``; clean windows
-are drawn from the test split, rows ``build_reference`` never saw, and a window counts as a
-false alarm when *any* metric fires. The assertion is a one-sided binomial test of the
+The reference is built (at alpha = 0.05) from the build split of ``load_digits``: its PCA and
+centroids are fitted on every build row, and its profile and thresholds come from the same
+rows scored out of fold (cross-fitting), the case where calibrating on fitted rows would alarm
+on clean data. Clean windows are drawn from the test split, rows ``build_reference`` never
+saw, and a window counts as a false alarm when *any* metric fires. The assertion is a one-sided binomial test of the
 observed count against ``alpha`` at p = 0.001, so a correct calibration fails it about once in
 a thousand runs, while a rate of twice ``alpha`` is caught almost surely.
 
@@ -90,6 +92,7 @@ def test_clean_windows_are_flagged_at_most_alpha_of_the_time(
     reference: Reference, size: int
 ) -> None:
     assert reference.calibration.alpha == ALPHA
+    assert reference.info["rows"]["fit"] == digits().build.size  # fitted on every build row
     assert reference.threshold("closest_centroid", size) is not None
     rate = _false_alarms(reference, size, WINDOWS[size], seed=size)
     p = binomtest(rate.alarms, rate.windows, ALPHA, alternative="greater").pvalue

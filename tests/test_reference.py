@@ -21,7 +21,7 @@ import pytest
 from sketches.batch import EventBatch
 from sketches.drift import evaluate
 from sketches.errors import EmbmonError, FormatError, ReferenceError_
-from sketches.geometry import Distance
+from sketches.geometry import Distance, SpaceFit, cross_fitted_features
 from sketches.profile import WindowProfile
 from sketches.reference import METHODS, Method, Reference, build_reference
 from tests.sketch_helpers import digits
@@ -78,7 +78,9 @@ def test_build_with_each_method_and_distance(method: Method, distance: Distance)
     assert np.allclose(components @ components.T, np.eye(20), atol=1e-5)
     assert ref.version.startswith("sha256:") and len(ref.version) == len("sha256:") + 32
     rows = ref.info["rows"]
-    assert rows["fit"] + rows["profile"] + rows["holdout"] == d.x.shape[0]
+    # fitted on every row; every row scored out of fold, then profile or holdout
+    assert rows["fit"] == rows["profile"] + rows["holdout"] == d.x.shape[0]
+    assert rows["folds"] == 5
     assert ref.profile.count == rows["profile"]
     assert ref.profile.reference_version == ref.version
     assert ref.calibration.sizes == (10, 100)
@@ -150,7 +152,7 @@ def test_save_and_load_round_trip(method: Method, distance: Distance, tmp_path: 
 def _small_build(seed: int = 0, **overrides: Any) -> Reference:
     """Every sketch exact (profile rows and window sizes under k = 200): deterministic."""
     d = digits()
-    rows = d.build[:400]
+    rows = d.build[:360]
     kwargs: dict[str, Any] = {**QUICK, "sizes": (10, 30, 100), "seed": seed, **overrides}
     return build_reference(EventBatch.from_vectors(d.x[rows]), d.y[rows], **kwargs)
 
@@ -192,6 +194,122 @@ def test_a_full_build_is_reproducible_up_to_kll_compaction() -> None:
     for metric, values in a.calibration.thresholds.items():
         # the exact statistics agree; the KLL-based ones within a few rank errors
         np.testing.assert_allclose(values, b.calibration.thresholds[metric], rtol=0.25, atol=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-fitting: fitted on every row, profiled and calibrated as if the rows were new
+
+
+def _folds(rows: int, folds: int = 5) -> npt.NDArray[np.intp]:
+    return np.random.default_rng(1).permutation(rows) % folds
+
+
+def test_cross_fitted_rows_sit_where_fresh_rows_do_not_where_fitted_rows_do() -> None:
+    """The pitfall of DESIGN.md, measured: scored by the space fitted on them, the build rows
+    sit closer to the PCA subspace than fresh rows; scored out of fold, they sit as far."""
+    d = digits()
+    x, y = d.x[d.build], d.y[d.build]
+    recipe = SpaceFit("pca-centroids", tuple(str(i) for i in range(10)))
+    space = recipe.fit(x, y)
+    fitted = float(space.features(x).residual.mean())
+    fresh = float(space.features(d.x[d.test]).residual.mean())
+    crossed = cross_fitted_features(recipe, space, x, y, _folds(len(x)))
+    out_of_fold = float(crossed.residual.mean())
+    assert fitted < fresh - 0.2  # 10.92 vs 11.26
+    assert abs(out_of_fold - fresh) < 0.5 * (fresh - fitted)  # 11.30
+    assert fitted < out_of_fold
+
+
+@pytest.mark.parametrize(
+    ("method", "distance"),
+    [("pca-centroids", "cosine"), ("kmeans", "cosine"), ("pca-kmeans", "euclidean")],
+)
+def test_fold_centroids_keep_the_names_of_the_final_ones(
+    method: Method, distance: Distance
+) -> None:
+    """Cluster i of every fold is cluster i of the final space (k-means starts from it), so
+    out-of-fold closest centroids mostly agree with the final space's (about 98 % here)."""
+    d = digits()
+    x = d.x[d.build]
+    labels = d.y[d.build] if method == "pca-centroids" else None
+    names = tuple(str(i) if labels is not None else f"cluster-{i}" for i in range(10))
+    recipe = SpaceFit(method, names, distance=distance)
+    space = recipe.fit(x, labels)
+    crossed = cross_fitted_features(recipe, space, x, labels, _folds(len(x)))
+    assert np.mean(crossed.closest == space.features(x).closest) > 0.95
+    # coordinates come back in the final basis: close to the final space's own
+    own = space.features(x).coords
+    assert np.median(np.linalg.norm(crossed.coords - own, axis=1)) < 0.1 * np.median(
+        np.linalg.norm(own, axis=1)
+    )
+
+
+def test_the_reference_profile_is_scored_out_of_fold() -> None:
+    """Exact sketches (under k = 200 rows): the profile's residuals are the larger
+    out-of-fold ones, not those of the final space, which saw every row."""
+    ref = _small_build()
+    d = digits()
+    rows = d.build[:360]
+    values, _ = ref.profile.residual.sorted_view(0)
+    assert ref.profile.count <= 200 and values.size == ref.profile.count  # every value kept
+    fitted = float(ref.space.features(d.x[rows]).residual.mean())
+    recipe = SpaceFit("pca-centroids", ref.labels)
+    crossed = cross_fitted_features(recipe, ref.space, d.x[rows], d.y[rows], _folds(rows.size))
+    assert float(values.mean()) > 0.5 * (fitted + float(crossed.residual.mean()))
+
+
+def test_rows_are_all_fitted_and_split_into_profile_and_holdout_halves() -> None:
+    ref = _small_build()
+    rows = ref.info["rows"]
+    assert (rows["fit"], rows["profile"] + rows["holdout"], rows["folds"]) == (360, 360, 5)
+    assert abs(rows["profile"] - rows["holdout"]) <= 10  # half each, rounded per label
+    assert ref.calibration.rows == rows["holdout"]
+
+
+def test_separate_fit_rows_are_not_cross_fitted() -> None:
+    d = digits()
+    fit, rows = d.build[:600], d.build[600:]
+    ref = build_reference(
+        EventBatch.from_vectors(d.x[rows]),
+        d.y[rows],
+        fit_rows=EventBatch.from_vectors(d.x[fit]),
+        fit_labels=d.y[fit],
+        **QUICK,
+    )
+    assert ref.info["rows"]["fit"] == 600 and ref.info["rows"]["folds"] == 0
+    assert ref.info["rows"]["profile"] + ref.info["rows"]["holdout"] == rows.size
+    assert ref.profile.count == ref.info["rows"]["profile"]
+
+
+# ---------------------------------------------------------------------------------------------
+# label order
+
+
+@pytest.mark.parametrize("form", ["int", "numpy", "str"])
+def test_integer_labels_keep_numeric_order(form: str) -> None:
+    d = digits()
+    rows = d.build[:360]
+    numbers = d.y[rows].astype(np.int64)
+    numbers[:30] = 10
+    labels: Any = {
+        "int": numbers.tolist(),
+        "numpy": numbers,
+        "str": numbers.astype(str),
+    }[form]
+    ref = build_reference(EventBatch.from_vectors(d.x[rows]), labels, **QUICK)
+    assert ref.labels == tuple(str(i) for i in range(11))
+    ten = ref.space.centroids[10] - ref.space.mean
+    own = d.x[rows][numbers == 10].mean(axis=0) - ref.space.mean
+    # the centroid named "10" is label 10's mean projected onto the subspace
+    assert np.allclose(ten, own @ ref.space.components.T @ ref.space.components, atol=1e-3)
+
+
+def test_mixed_labels_put_numbers_first_in_numeric_order_then_names() -> None:
+    d = digits()
+    rows = d.build[:360]
+    names = np.array(["cat", "-1", "10", "2.5", "Dog", "2", "0", "b", "100", "1e1"])
+    ref = build_reference(EventBatch.from_vectors(d.x[rows]), names[d.y[rows].astype(int)], **QUICK)
+    assert ref.labels == ("-1", "0", "2", "2.5", "10", "1e1", "100", "Dog", "b", "cat")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,8 +509,8 @@ def _batch(rows: int) -> EventBatch:
 
 
 def test_too_few_rows_is_a_clear_reference_error() -> None:
-    with pytest.raises(ReferenceError_, match=r"60 rows are too few.*at least 20"):
-        build_reference(_batch(60), digits().y[:60], **QUICK)
+    with pytest.raises(ReferenceError_, match=r"30 rows are too few.*at least 20"):
+        build_reference(_batch(30), digits().y[:30], **QUICK)
 
 
 def test_pca_centroids_without_labels_is_a_clear_reference_error() -> None:
@@ -424,6 +542,20 @@ def test_non_finite_vectors_are_a_reference_error() -> None:
 def test_more_clusters_than_rows_is_a_reference_error() -> None:
     with pytest.raises(ReferenceError_, match="cannot find 500 clusters"):
         build_reference(_batch(300), None, method="kmeans", clusters=500, **QUICK)
+
+
+def test_too_few_folds_and_empty_shares_are_reference_errors() -> None:
+    with pytest.raises(ReferenceError_, match="at least 2 folds"):
+        build_reference(_batch(300), digits().y[:300], folds=1, **QUICK)
+    with pytest.raises(ReferenceError_, match="must both be positive"):
+        build_reference(_batch(300), digits().y[:300], holdout=0.0, **QUICK)
+
+
+def test_a_label_with_a_single_row_is_a_clear_reference_error() -> None:
+    labels = digits().y[:300].copy()
+    labels[7] = "lonely"
+    with pytest.raises(ReferenceError_, match=r"label 'lonely'.*at least 2 rows"):
+        build_reference(_batch(300), labels, **QUICK)
 
 
 def test_unlabelled_kmeans_builds() -> None:

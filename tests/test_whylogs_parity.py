@@ -1,9 +1,13 @@
 """Parity with whylogs 1.6.4 (reference selection and EmbeddingMetric) on ``load_digits``.
 
 The expected numbers are the fixtures in ``tests/fixtures`` (see its README for what each key
-means and how they were produced). Tolerances follow the README: embmon computes in float32,
-so values agree to float32 precision and, the fixtures' margins being far wider than that
-(9.8e-4 cosine, 0.32 euclidean), every closest label agrees exactly.
+means and how they were produced). What is compared is what a user gets: the reference that
+``embmon reference build`` writes for the fixtures' input (``load_digits`` saved as ``.npy``,
+integer labels), read back with ``Reference.load``. Its centroids are checked against
+whylogs' selectors, and its space (centroids, labels, PCA) is the one the EmbeddingMetric
+tests profile with. Tolerances follow the README: embmon computes in float32, so values agree
+to float32 precision and, the fixtures' margins being far wider than that (9.8e-4 cosine,
+0.32 euclidean), every closest label agrees exactly.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pytest
 from sklearn.datasets import load_digits
 
+from agent.cli import main as embmon
 from sketches.batch import EventBatch
-from sketches.geometry import Distance, EmbeddingSpace, fit_pca, kmeans_centroids, pca_centroids
+from sketches.geometry import Distance, EmbeddingSpace
 from sketches.profile import WindowProfile
+from sketches.reference import Reference
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EPS32 = float(np.finfo(np.float32).eps)
@@ -52,23 +59,34 @@ def _metric_json() -> dict[str, Any]:
     return result
 
 
-def _space(distance: Distance) -> EmbeddingSpace:
-    """whylogs' EmbeddingConfig: the fixture's PCA centroids, labels "0".."9"."""
-    pca = _npz("whylogs_pca_centroids_digits.npz")
-    x, _ = _digits()
-    mean, components = fit_pca(x.astype(np.float32), 20)
+def _build(root: Path, *flags: str) -> Reference:
+    """``embmon reference build`` on digits saved as a user saves them (float64 ``.npy``,
+    int64 labels), read back from disk. Few calibration rounds: thresholds are not compared."""
+    x, y = _digits()
+    np.save(root / "digits.npy", x)
+    np.save(root / "labels.npy", y)
+    args = ["reference", "build", "--input", str(root / "digits.npy"), "--rounds", "2"]
+    args += ["--labels", str(root / "labels.npy"), "--out", str(root / "ref"), *flags]
+    assert embmon(args) == 0
+    return Reference.load(root / "ref")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The default build: ``--method pca-centroids --components 20``, as whylogs' selector."""
+    return _build(tmp_path_factory.mktemp("whylogs-parity"), "--method", "pca-centroids")
+
+
+def _space(built: Reference, distance: Distance) -> EmbeddingSpace:
+    """whylogs' EmbeddingConfig on the built reference: its centroids, labels "0".."9"."""
     return EmbeddingSpace(
-        centroids=pca["pca_centroids"].astype(np.float32),
-        labels=tuple(str(label) for label in pca["pca_labels"].tolist()),
-        distance=distance,
-        mean=mean,
-        components=components,
+        built.space.centroids, built.labels, distance, built.space.mean, built.space.components
     )
 
 
-def _profile(distance: Distance, rows: int) -> WindowProfile:
+def _profile(built: Reference, distance: Distance, rows: int) -> WindowProfile:
     x, _ = _digits()
-    profile = WindowProfile.empty(_space(distance), "whylogs-parity")
+    profile = WindowProfile.empty(_space(built, distance), "whylogs-parity")
     profile.update(EventBatch.from_vectors(x[:rows]))
     return profile
 
@@ -94,31 +112,60 @@ def test_the_fixtures_are_the_ones_the_readme_describes() -> None:
     assert np.allclose(closed, pca["pca_centroids"], rtol=0, atol=1e-9)
 
 
-def test_pca_centroids_equal_whylogs_with_the_same_label_order() -> None:
+def test_the_built_reference_has_whylogs_pca_centroids(built: Reference) -> None:
+    # PCACentroidsSelector(n_components=20).calculate_references(X, y) on all 1797 rows
     pca = _npz("whylogs_pca_centroids_digits.npz")
-    x, y = _digits()
-    centroids, labels = pca_centroids(x, y, n_components=20)
-    assert labels == [str(label) for label in pca["pca_labels"].tolist()]
-    assert centroids.shape == (10, 64)
-    assert np.abs(centroids - pca["pca_centroids"]).max() <= CENTROID_ATOL
+    assert built.method == "pca-centroids"
+    assert built.info["rows"]["fit"] == int(pca["n_samples"])
+    assert built.labels == tuple(str(label) for label in pca["pca_labels"].tolist())
+    assert built.space.n_components == int(pca["pca_n_components"])
+    assert built.space.centroids.dtype == np.float32
+    assert np.abs(built.space.centroids - pca["pca_centroids"]).max() <= CENTROID_ATOL
+    assert np.abs(built.space.centroids - pca["pca_centroids_float32"]).max() <= CENTROID_ATOL
+    assert np.abs(built.space.mean - pca["pca_mean"]).max() <= CENTROID_ATOL
 
 
-def test_pca_centroids_of_float32_input_equal_whylogs_float32() -> None:
-    pca = _npz("whylogs_pca_centroids_digits.npz")
-    x, y = _digits()
-    centroids, labels = pca_centroids(x.astype(np.float32), y, n_components=20)
-    assert labels == [str(label) for label in range(10)]
-    assert centroids.dtype == np.float32
-    assert np.abs(centroids - pca["pca_centroids_float32"]).max() <= CENTROID_ATOL
+def _closed_form(x: npt.NDArray[np.float64], y: npt.NDArray[Any], label: object) -> Any:
+    """The README's closed form of a PCACentroidsSelector centroid (20 components)."""
+    mu = x.mean(axis=0)
+    v = np.linalg.svd(x - mu, full_matrices=False)[2][:20]
+    return mu + (x[y == label].mean(axis=0) - mu) @ v.T @ v
 
 
-def test_pca_centroids_sort_integer_labels_numerically_like_the_whylogs_selector() -> None:
-    # PCACentroidsSelector: labels = sorted(np.unique(y)), numeric for int labels
+def _write_labels(root: Path, form: str, labels: npt.NDArray[np.int64]) -> list[str]:
+    """Integer labels in one of the forms the CLI reads; the flags that point at them."""
+    x, _ = _digits()
+    if form == "npy":
+        np.save(root / "labels.npy", labels)
+        return ["--input", str(root / "digits.npy"), "--labels", str(root / "labels.npy")]
+    if form == "txt":
+        (root / "labels.txt").write_text("".join(f"{v}\n" for v in labels.tolist()))
+        return ["--input", str(root / "digits.npy"), "--labels", str(root / "labels.txt")]
+    events = (
+        orjson.dumps({"embedding": row.tolist(), "target": int(label)})
+        for row, label in zip(x, labels, strict=True)
+    )
+    (root / "events.jsonl").write_bytes(b"\n".join(events) + b"\n")
+    return ["--input", str(root / "events.jsonl")]
+
+
+@pytest.mark.parametrize("form", ["npy", "txt", "jsonl"])
+def test_integer_labels_keep_numeric_order_through_the_cli(form: str, tmp_path: Path) -> None:
+    # PCACentroidsSelector: labels = sorted(np.unique(y)), numeric for int labels: 2 < 10
     x, y = _digits()
     y11 = y.copy()
     y11[:150] = 10
-    _, labels = pca_centroids(x, y11, n_components=20)
-    assert labels == [str(label) for label in range(11)]
+    np.save(tmp_path / "digits.npy", x)
+    flags = _write_labels(tmp_path, form, y11)
+    assert (
+        embmon(["reference", "build", *flags, "--rounds", "2", "--out", str(tmp_path / "r")]) == 0
+    )
+    ref = Reference.load(tmp_path / "r")
+    assert ref.labels == tuple(str(label) for label in sorted(np.unique(y11)))
+    assert ref.labels == tuple(str(label) for label in range(11))
+    for i in (2, 10):  # each name names its own label's centroid
+        expected = _closed_form(x, y11, i)
+        assert np.abs(ref.space.centroids[i] - expected).max() <= CENTROID_ATOL
 
 
 def _inertia(x: npt.NDArray[np.float64], centroids: npt.ArrayLike) -> float:
@@ -127,25 +174,18 @@ def _inertia(x: npt.NDArray[np.float64], centroids: npt.ArrayLike) -> float:
     return float(squared.min(axis=1).sum())
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_kmeans_centroids_reach_whylogs_inertia(seed: int) -> None:
-    # README: KMeans centroids depend on the RNG stream; compare inertia, never rows
+@pytest.mark.parametrize("method", ["kmeans", "pca-kmeans"])
+def test_kmeans_references_reach_whylogs_inertia(method: str, tmp_path: Path) -> None:
+    # README: KMeans centroids depend on the RNG stream; compare inertia, never rows.
+    # whylogs clusters raw vectors: embmon does so for the euclidean distance.
     pca = _npz("whylogs_pca_centroids_digits.npz")
+    flags = ["--method", method, "--clusters", "10", "--distance", "euclidean"]
+    ref = _build(tmp_path, *flags)
+    assert ref.labels == tuple(f"cluster-{i}" for i in range(10))
     x, _ = _digits()
-    centroids = kmeans_centroids(x, 10, seed)
-    assert centroids.shape == (10, 64)
-    assert _inertia(x, centroids) == pytest.approx(float(pca["kmeans_inertia"]), rel=0.01)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_pca_kmeans_centroids_reach_whylogs_inertia(seed: int) -> None:
-    pca = _npz("whylogs_pca_centroids_digits.npz")
-    x, _ = _digits()
-    mean, components = fit_pca(x.astype(np.float32), 20, seed)
-    coords = ((x - mean) @ components.T).astype(np.float32)
-    centroids = mean + kmeans_centroids(coords, 10, seed) @ components
-    expected = _inertia(x, pca["pcakmeans_centroids"])
-    assert _inertia(x, centroids) == pytest.approx(expected, rel=0.01)
+    key = {"kmeans": "kmeans_centroids", "pca-kmeans": "pcakmeans_centroids"}[method]
+    expected = _inertia(x, pca[key])
+    assert _inertia(x, ref.space.centroids) == pytest.approx(expected, rel=0.01)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,11 +193,13 @@ def test_pca_kmeans_centroids_reach_whylogs_inertia(seed: int) -> None:
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-def test_distances_and_closest_equal_whylogs_on_the_first_200_rows(distance: Distance) -> None:
+def test_distances_and_closest_equal_whylogs_on_the_first_200_rows(
+    built: Reference, distance: Distance
+) -> None:
     fixture = _npz("whylogs_embedding_metric_digits_distances.npz")
-    assert fixture["labels"].tolist() == list(_space(distance).labels)
+    assert fixture["labels"].tolist() == list(built.labels)
     x, _ = _digits()
-    features = _space(distance).features(x[:200].astype(np.float32))
+    features = _space(built, distance).features(x[:200].astype(np.float32))
     expected = fixture[f"{distance}_distances"]
     got = features.distances.astype(np.float64)
     if distance == "cosine":
@@ -172,21 +214,23 @@ def test_distances_and_closest_equal_whylogs_on_the_first_200_rows(distance: Dis
 @pytest.mark.parametrize(
     "run", ["cosine_first200", "euclidean_first200", "cosine_all1797", "euclidean_all1797"]
 )
-def test_closest_counts_equal_whylogs(run: str) -> None:
+def test_closest_counts_equal_whylogs(built: Reference, run: str) -> None:
     expected = _metric_json()["runs"][run]
-    profile = _profile(expected["distance"], expected["n_rows"])
+    profile = _profile(built, expected["distance"], expected["n_rows"])
     assert profile.count == expected["closest_counts_n"]
     assert profile.closest.counts() == {k: v for k, v in expected["closest_counts"].items() if v}
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-def test_per_label_distance_distributions_equal_whylogs(distance: Distance) -> None:
+def test_per_label_distance_distributions_equal_whylogs(
+    built: Reference, distance: Distance
+) -> None:
     run = _metric_json()["runs"][f"{distance}_first200"]
     assert run["exact_quantiles"] is True
-    profile = _profile(distance, 200)
+    profile = _profile(built, distance, 200)
     quantiles = profile.distance_quantiles(WHYLOGS_RANKS)
     x, _ = _digits()
-    distances = _space(distance).features(x[:200].astype(np.float32)).distances
+    distances = _space(built, distance).features(x[:200].astype(np.float32)).distances
     rtol = 64 * EPS32
     for i, label in enumerate(profile.centroid_labels):
         expected = run["per_label"][label]
@@ -201,29 +245,30 @@ def test_per_label_distance_distributions_equal_whylogs(distance: Distance) -> N
         assert quantiles[label] == pytest.approx(wanted, rel=rtol, abs=rtol)
 
 
-def test_a_zero_vector_is_at_cosine_distance_one_and_closest_to_label_0() -> None:
+def test_a_zero_vector_is_at_cosine_distance_one_and_closest_to_label_0(built: Reference) -> None:
     edge = _metric_json()["edge_cases"]["zero_vector_cosine"]
-    features = _space("cosine").features(np.zeros((1, 64), dtype=np.float32))
+    space = _space(built, "cosine")
+    features = space.features(np.zeros((1, 64), dtype=np.float32))
     assert features.distances.tolist() == [[edge["distance_to_every_reference"]] * 10]
-    assert _space("cosine").labels[int(features.closest[0])] == edge["closest"]
+    assert space.labels[int(features.closest[0])] == edge["closest"]
 
 
-def test_a_zero_vector_is_closest_to_the_smallest_centroid_in_euclidean() -> None:
+def test_a_zero_vector_is_closest_to_the_smallest_centroid_in_euclidean(built: Reference) -> None:
     expected = _metric_json()["edge_cases"]["zero_vector_euclidean_closest"]
-    space = _space("euclidean")
+    space = _space(built, "euclidean")
     features = space.features(np.zeros((1, 64), dtype=np.float32))
     assert space.labels[int(features.closest[0])] == expected
     norms = np.linalg.norm(space.centroids.astype(np.float64), axis=1)
     assert features.distances[0] == pytest.approx(norms, rel=64 * EPS32)
 
 
-def test_a_row_with_nan_is_counted_invalid_where_whylogs_raises() -> None:
+def test_a_row_with_nan_is_counted_invalid_where_whylogs_raises(built: Reference) -> None:
     # whylogs: ValueError("Input contains NaN.") and nothing counted. embmon, by design
     # (STYLE: bad rows are counted, not raised), counts the row as invalid and keeps the rest.
     assert _metric_json()["edge_cases"]["row_with_nan"].startswith("ValueError")
     x, _ = _digits()
     rows = x[:3].astype(np.float32)
     rows[1, 5] = math.nan
-    profile = WindowProfile.empty(_space("cosine"), "v")
+    profile = WindowProfile.empty(_space(built, "cosine"), "v")
     profile.update(EventBatch.from_vectors(rows))
     assert (profile.count, profile.invalid, profile.closest.total) == (2, 1, 2)
