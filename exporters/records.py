@@ -279,5 +279,17 @@ class WindowRecord:
             classification=None if c is None else Classification(**c),
             predictions=obj.get("predictions"),
             frequent_terms=tuple((str(term), int(n)) for term, n in obj.get("frequent_terms", [])),
-            text=None if t is None else TextSummary(**t),
+            text=None if t is None else _text_summary(t),
         )
+
+
+def _text_summary(t: Mapping[str, Any]) -> TextSummary:
+    """``text`` of a record; the first wave's records lack ``terms`` (then 0: no term ratios)."""
+    median = t.get("term_length_median")
+    return TextSummary(
+        documents=int(t["documents"]),
+        terms=int(t.get("terms", 0)),
+        doc_length_median=float(t["doc_length_median"]),
+        term_length_median=None if median is None else float(median),
+        distinct_terms=float(t["distinct_terms"]),
+    )
