@@ -10,21 +10,30 @@ never per number. A bad record never raises and never disturbs its neighbours: i
 from __future__ import annotations
 
 import binascii
-import json
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple, Protocol, TypeVar, get_args
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from agent.fields import FieldMap, get_path
+from agent.values import (
+    NUMBER_TYPES,
+    REJECT_REASONS,
+    Bad,
+    RejectReason,
+    kind,
+    label,
+    loads,
+    not_numbers,
+    short,
+    tokenize,
+    wrong_dimension,
+)
 from exporters.records import SegmentKey
 from sketches.batch import EventBatch, FloatMatrix
 
@@ -39,28 +48,12 @@ __all__ = [
     "tokenize",
 ]
 
-RejectReason = Literal[
-    "invalid_json",
-    "not_object",
-    "missing_embedding",
-    "wrong_dimension",
-    "non_finite",
-    "wrong_type",
-    "oversized",
-    "bad_timestamp",
-]
-REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
-
 _Pairs = tuple[tuple[str, str], ...]
 """The kept segment keys of one event as ``((key, value), ...)``, before canonical ordering."""
 
 # Epoch seconds from 1970 up to ~5138: a value past the end is almost always milliseconds.
 _MAX_EPOCH_SECONDS = 1e11
-_NUMBER_TYPES = frozenset({int, float})
-_DETAIL_CHARS = 80
-_WORD = re.compile(r"[^\W_]+")
 _T = TypeVar("_T")
-_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
 class RecordLike(Protocol):
@@ -119,27 +112,6 @@ class DecodedBatch:
     def reject_counts(self) -> Counter[str]:
         """Rejected records per reason (only reasons that occurred)."""
         return Counter(r.reason for r in self.rejects)
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens of ``text``; letters with accents stay inside their word.
-
-    NFC first, so a decomposed "está" (``a`` + combining accent) is not split at the accent.
-
-    >>> tokenize("La casa ESTÁ aquí, ¿no? 3 niños")
-    ['la', 'casa', 'está', 'aquí', 'no', '3', 'niños']
-    """
-    return _WORD.findall(unicodedata.normalize("NFC", text).lower())
-
-
-class _Bad(Exception):
-    """Control flow inside ``Decoder``: this record is rejected for ``reason``."""
-
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason: RejectReason = reason
-        self.detail = detail
-        self.event_id: str | None = None
 
 
 class _Row(NamedTuple):
@@ -202,7 +174,7 @@ class Decoder:
         for index, record in enumerate(records):
             try:
                 rows.append(self._parse(index, record))
-            except _Bad as bad:
+            except Bad as bad:
                 rejects.append((index, _reject(bad.reason, bad.detail, record, bad.event_id)))
         matrix, non_finite = self._matrix(rows)
         for pos, detail in non_finite.items():
@@ -215,14 +187,14 @@ class Decoder:
     def _parse(self, index: int, record: RecordLike) -> _Row:
         raw = record.value
         if raw is None:
-            raise _Bad("invalid_json", "record has no value (a tombstone?)")
+            raise Bad("invalid_json", "record has no value (a tombstone?)")
         if len(raw) > self.max_event_bytes:
-            raise _Bad("oversized", f"{len(raw)} bytes > max_event_bytes {self.max_event_bytes}")
-        obj = _loads(raw)
+            raise Bad("oversized", f"{len(raw)} bytes > max_event_bytes {self.max_event_bytes}")
+        obj = loads(raw)
         if not isinstance(obj, dict):
-            raise _Bad("not_object", f"event is {_kind(obj)}, not an object")
+            raise Bad("not_object", f"event is {kind(obj)}, not an object")
         f = self.fields
-        event_id = _label(f.event_id, get_path(obj, self._paths["event_id"]))
+        event_id = label(f.event_id, get_path(obj, self._paths["event_id"]))
         try:
             # Checked in this order (the first problem found is the reject reason); the row
             # is built positionally, which costs a fraction of a keyword call per record.
@@ -231,9 +203,9 @@ class Decoder:
             model = self._model(obj)
             segment = self._segment(obj)
             tokens = self._tokens(obj)
-            prediction = _label(f.prediction, get_path(obj, self._paths["prediction"]))
-            target = _label(f.target, get_path(obj, self._paths["target"]))
-        except _Bad as bad:
+            prediction = label(f.prediction, get_path(obj, self._paths["prediction"]))
+            target = label(f.target, get_path(obj, self._paths["target"]))
+        except Bad as bad:
             bad.event_id = event_id
             raise
         return _Row(
@@ -245,51 +217,49 @@ class Decoder:
         vec = get_path(obj, self._paths["embedding"])
         if vec is not None:
             if not isinstance(vec, list):
-                raise _Bad("wrong_type", f"{f.embedding} must be an array, not {_kind(vec)}")
+                raise Bad("wrong_type", f"{f.embedding} must be an array, not {kind(vec)}")
             if len(vec) != dim:
-                raise _wrong_dimension(len(vec), dim)
+                raise wrong_dimension(len(vec), dim)
             # Exact element types (numpy would read "1", true and null as numbers), checked by a
             # loop that runs in C: map and set, no Python bytecode per element.
-            if not _NUMBER_TYPES.issuperset(map(type, vec)):
-                raise _not_numbers(vec)
+            if not NUMBER_TYPES.issuperset(map(type, vec)):
+                raise not_numbers(vec)
             return vec
         b64 = get_path(obj, self._paths["embedding_b64"])
         if b64 is None:
-            raise _Bad("missing_embedding", f"no {f.embedding!r} nor {f.embedding_b64!r}")
+            raise Bad("missing_embedding", f"no {f.embedding!r} nor {f.embedding_b64!r}")
         if not isinstance(b64, str):
-            raise _Bad("wrong_type", f"{f.embedding_b64} must be a string, not {_kind(b64)}")
+            raise Bad("wrong_type", f"{f.embedding_b64} must be a string, not {kind(b64)}")
         try:  # base64.b64decode(b64, validate=True) without its Python wrapper
             data = binascii.a2b_base64(b64, strict_mode=True)
         except ValueError:
-            raise _Bad("wrong_type", f"{f.embedding_b64} is not valid base64") from None
+            raise Bad("wrong_type", f"{f.embedding_b64} is not valid base64") from None
         if len(data) % 4:
-            raise _Bad("wrong_type", f"{f.embedding_b64} is {len(data)} bytes, not float32s")
+            raise Bad("wrong_type", f"{f.embedding_b64} is {len(data)} bytes, not float32s")
         if len(data) != 4 * dim:
-            raise _wrong_dimension(len(data) // 4, dim)
+            raise wrong_dimension(len(data) // 4, dim)
         return data
 
     def _timestamp(self, obj: dict[str, object], record_ms: int | None) -> float:
         value = get_path(obj, self._paths["timestamp"])
         if value is None:
             if record_ms is None or record_ms < 0:
-                raise _Bad("bad_timestamp", "event has no timestamp and the record carries none")
+                raise Bad("bad_timestamp", "event has no timestamp and the record carries none")
             return record_ms / 1000.0
         if isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value)
             except ValueError:
-                raise _Bad("bad_timestamp", f"not ISO 8601: {_short(value)!r}") from None
+                raise Bad("bad_timestamp", f"not ISO 8601: {short(value)!r}") from None
             seconds = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
         elif isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
         else:
-            raise _Bad("bad_timestamp", f"timestamp must be a number or string, not {_kind(value)}")
+            raise Bad("bad_timestamp", f"timestamp must be a number or string, not {kind(value)}")
         if not 0.0 <= seconds < _MAX_EPOCH_SECONDS:
             ms = not isinstance(value, str) and seconds >= _MAX_EPOCH_SECONDS
             hint = " (milliseconds?)" if ms else ""
-            raise _Bad(
-                "bad_timestamp", f"timestamp {_short(repr(value))} is not epoch seconds{hint}"
-            )
+            raise Bad("bad_timestamp", f"timestamp {short(repr(value))} is not epoch seconds{hint}")
         return seconds
 
     def _model(self, obj: dict[str, object]) -> str:
@@ -297,7 +267,7 @@ class Decoder:
         if value is None:
             return self.default_model
         if not isinstance(value, str) or not value:
-            raise _Bad("wrong_type", f"{self.fields.model} must be a non-empty string")
+            raise Bad("wrong_type", f"{self.fields.model} must be a non-empty string")
         return value
 
     def _segment(self, obj: dict[str, object]) -> _Pairs:
@@ -307,24 +277,24 @@ class Decoder:
         if value is None:
             return ()
         if not isinstance(value, dict):
-            raise _Bad("wrong_type", f"{self.fields.segment} must be an object, not {_kind(value)}")
+            raise Bad("wrong_type", f"{self.fields.segment} must be an object, not {kind(value)}")
         kept = (
-            (key, _label(f"{self.fields.segment}.{key}", value.get(key)))
+            (key, label(f"{self.fields.segment}.{key}", value.get(key)))
             for key in self.segment_keys
         )
-        return tuple((key, label) for key, label in kept if label is not None)
+        return tuple((key, text) for key, text in kept if text is not None)
 
     def _tokens(self, obj: dict[str, object]) -> list[str] | None:
         tokens = get_path(obj, self._paths["tokens"])
         if tokens is not None:
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-                raise _Bad("wrong_type", f"{self.fields.tokens} must be an array of strings")
+                raise Bad("wrong_type", f"{self.fields.tokens} must be an array of strings")
             return tokens
         text = get_path(obj, self._paths["text"])
         if text is None:
             return None
         if not isinstance(text, str):
-            raise _Bad("wrong_type", f"{self.fields.text} must be a string, not {_kind(text)}")
+            raise Bad("wrong_type", f"{self.fields.text} must be a string, not {kind(text)}")
         return tokenize(text)
 
     def _matrix(self, rows: list[_Row]) -> tuple[FloatMatrix, dict[int, str]]:
@@ -374,41 +344,6 @@ class Decoder:
         return tuple(groups)
 
 
-def _label(path: str, value: object) -> str | None:
-    """A class, id or segment value: strings as they are, integers and booleans as text."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    raise _Bad("wrong_type", f"{path} must be a string or an integer, not {_kind(value)}")
-
-
-def _not_numbers(vec: list[object]) -> _Bad:
-    """The reject for a vector with a non-number; ``null`` is how many JSON encoders write NaN."""
-    j, x = next((j, x) for j, x in enumerate(vec) if type(x) not in _NUMBER_TYPES)
-    if x is None:
-        return _Bad("non_finite", f"embedding[{j}] is null (NaN written by a JSON encoder?)")
-    return _Bad("wrong_type", f"embedding[{j}] is {_kind(x)}, not a number")
-
-
-def _loads(raw: bytes) -> object:
-    """Parse one event with orjson, re-reading what it refuses with ``json``.
-
-    orjson refuses the NaN and Infinity literals that Python's ``json`` writes, and numbers
-    that overflow a double (``1e999``); re-read, such an event is rejected as ``non_finite`` or
-    ``bad_timestamp``, which tells its producer what is wrong. Only bad records pay for this.
-    """
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
-            raise _Bad("invalid_json", _short(str(exc))) from None
-
-
 def _column(values: list[_T | None]) -> list[_T | None] | None:
     """A batch column, or ``None`` when no event of the group carries the field."""
     return None if all(v is None for v in values) else values
@@ -416,20 +351,3 @@ def _column(values: list[_T | None]) -> list[_T | None] | None:
 
 def _reject(reason: RejectReason, detail: str, record: RecordLike, event_id: str | None) -> Reject:
     return Reject(reason, detail, record.partition, record.offset, event_id, record.value)
-
-
-def _kind(value: object) -> str:
-    """JSON's name for the type of a decoded value, for reject details."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return _KINDS.get(type(value), type(value).__name__)
-
-
-def _wrong_dimension(found: int, dim: int) -> _Bad:
-    return _Bad("wrong_dimension", f"embedding has {found} values, the reference has {dim}")
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"

@@ -65,13 +65,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, NamedTuple, Protocol, Self, TypeVar
+from datetime import timedelta
+from typing import Generic, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.checkpoint import Checkpoint
+from agent.window_types import AddResult, B, Batch, ClosedWindow, P, Profile, WindowKey
 from exporters.records import SegmentKey
 
 __all__ = [
@@ -86,80 +87,6 @@ __all__ = [
 
 Partition = tuple[str, int]
 """(topic, partition); ``kafka.TopicPartition`` is one."""
-
-
-class Batch(Protocol):
-    """Decoded rows of one (model, segment): ``sketches.batch.EventBatch`` is one."""
-
-    @property
-    def timestamps(self) -> npt.NDArray[np.float64]: ...
-
-    def __len__(self) -> int: ...
-
-    def take(self, rows: npt.NDArray[np.intp]) -> Self: ...
-
-
-class Profile(Protocol):
-    """What the store needs of a window profile: ``sketches.profile.WindowProfile`` is one.
-
-    ``update`` changes the profile in place; ``merge`` is pure.
-    """
-
-    @property
-    def count(self) -> int: ...
-
-    def update(self, batch: Any) -> object: ...
-
-    def merge(self, other: Self) -> Self: ...
-
-
-P = TypeVar("P", bound=Profile)
-B = TypeVar("B", bound=Batch)
-
-
-class WindowKey(NamedTuple):
-    """A window of one model and segment; ``start`` in epoch seconds."""
-
-    model: str
-    segment: SegmentKey
-    start: int
-
-    @classmethod
-    def of(cls, model: str, segment: SegmentKey, start: datetime) -> WindowKey:
-        """The key of the window of ``model`` and ``segment`` starting at ``start``."""
-        if start.tzinfo is None:
-            raise ValueError(f"window start {start!r} must be timezone-aware (UTC)")
-        return cls(model, segment, math.floor(start.timestamp()))
-
-
-@dataclass(frozen=True)
-class ClosedWindow(Generic[P]):
-    """A closed window and its final profile (merged over partitions)."""
-
-    key: WindowKey
-    end: int
-    profile: P
-
-    @property
-    def start_time(self) -> datetime:
-        return datetime.fromtimestamp(self.key.start, UTC)
-
-    @property
-    def end_time(self) -> datetime:
-        return datetime.fromtimestamp(self.end, UTC)
-
-    @property
-    def events(self) -> int:
-        return self.profile.count
-
-
-@dataclass(frozen=True)
-class AddResult:
-    """How the rows of one ``add`` were accounted for; they sum to the rows given."""
-
-    added: int = 0
-    late: int = 0
-    skipped: int = 0
 
 
 @dataclass

@@ -1,0 +1,119 @@
+"""Single JSON values of an event, and why a bad one is rejected.
+
+The checks the decoder runs on each field (labels, numbers, text, the JSON itself) raise
+:class:`Bad` with a reason from ``REJECT_REASONS``, the values of the
+``embmon_events_rejected_total{reason}`` label, and a short detail for the log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Literal, get_args
+
+import orjson
+
+__all__ = [
+    "NUMBER_TYPES",
+    "REJECT_REASONS",
+    "Bad",
+    "RejectReason",
+    "kind",
+    "label",
+    "loads",
+    "not_numbers",
+    "short",
+    "tokenize",
+    "wrong_dimension",
+]
+
+RejectReason = Literal[
+    "invalid_json",
+    "not_object",
+    "missing_embedding",
+    "wrong_dimension",
+    "non_finite",
+    "wrong_type",
+    "oversized",
+    "bad_timestamp",
+]
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
+
+NUMBER_TYPES = frozenset({int, float})
+_DETAIL_CHARS = 80
+_WORD = re.compile(r"[^\W_]+")
+_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens of ``text``; letters with accents stay inside their word.
+
+    NFC first, so a decomposed "está" (``a`` + combining accent) is not split at the accent.
+
+    >>> tokenize("La casa ESTÁ aquí, ¿no? 3 niños")
+    ['la', 'casa', 'está', 'aquí', 'no', '3', 'niños']
+    """
+    return _WORD.findall(unicodedata.normalize("NFC", text).lower())
+
+
+class Bad(Exception):
+    """This record is rejected for ``reason`` (control flow inside ``agent.decode.Decoder``)."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: RejectReason = reason
+        self.detail = detail
+        self.event_id: str | None = None
+
+
+def label(path: str, value: object) -> str | None:
+    """A class, id or segment value: strings as they are, integers and booleans as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    raise Bad("wrong_type", f"{path} must be a string or an integer, not {kind(value)}")
+
+
+def not_numbers(vec: list[object]) -> Bad:
+    """The reject for a vector with a non-number; ``null`` is how many JSON encoders write NaN."""
+    j, x = next((j, x) for j, x in enumerate(vec) if type(x) not in NUMBER_TYPES)
+    if x is None:
+        return Bad("non_finite", f"embedding[{j}] is null (NaN written by a JSON encoder?)")
+    return Bad("wrong_type", f"embedding[{j}] is {kind(x)}, not a number")
+
+
+def loads(raw: bytes) -> object:
+    """Parse one event with orjson, re-reading what it refuses with ``json``.
+
+    orjson refuses the NaN and Infinity literals that Python's ``json`` writes, and numbers
+    that overflow a double (``1e999``); re-read, such an event is rejected as ``non_finite`` or
+    ``bad_timestamp``, which tells its producer what is wrong. Only bad records pay for this.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise Bad("invalid_json", short(str(exc))) from None
+
+
+def kind(value: object) -> str:
+    """JSON's name for the type of a decoded value, for reject details."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def wrong_dimension(found: int, dim: int) -> Bad:
+    return Bad("wrong_dimension", f"embedding has {found} values, the reference has {dim}")
+
+
+def short(text: str) -> str:
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
