@@ -9,6 +9,7 @@ group finishes the week with nothing lost or doubled.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -34,6 +35,7 @@ from tests.agent_scenarios import (
     window_records,
 )
 from tests.broker import new_topic
+from tests.e2e_services import require_binary
 
 pytestmark = pytest.mark.kafka
 
@@ -158,6 +160,15 @@ def test_live_agent_serves_metrics_of_the_last_closed_window_and_stops_on_sigter
         assert rejected == {reason: float(n) for reason, n in BAD_REASONS.items()}
         assert scrape.get("embmon_open_windows") == 1.0
         assert scrape.get("embmon_window_size_seconds") == DAY
+        distance = scrape.by("embmon_centroid_distance", "q", centroid="0", **labels)
+        assert set(distance) == {"0.05", "0.25", "0.5", "0.75", "0.95"}
+        # Prometheus' own linter accepts the live exposition (no reserved `quantile` label).
+        status, text = agent.get("/metrics")
+        lint = subprocess.run(
+            [require_binary("promtool"), "check", "metrics"],
+            input=text, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert (status, lint.returncode) == (200, 0), lint.stdout + lint.stderr
 
         started = time.monotonic()
         agent.terminate()

@@ -292,7 +292,7 @@ def _model_row(board: dash.Dashboard) -> dash.Dashboard:
         "(cosine or euclidean, as the reference was built).",
     ).with_target(
         _query(
-            f'avg by (centroid) (embmon_centroid_distance{{{one_model},quantile="0.5"}})',
+            f'avg by (centroid) (embmon_centroid_distance{{{one_model},q="0.5"}})',
             "{{centroid}}",
         )
     )
