@@ -11,11 +11,34 @@ kept: with English stop words removed, most Spanish documents of this small corp
 as all-zero vectors, which no distance can place) and the logged tokens are the analyzer's
 tokens with English stop words removed (so Spanish stop words surface, as in the seed).
 
->>> s = build_scenario(docs_per_day=100, seed=1, start=datetime(2026, 11, 20, tzinfo=UTC))
+A document is one conversation (its utterances joined). The English documents of each topic
+are dealt, in random order, into three pools that never share a document:
+
+- training (40 %, at most 48 a topic, so no class outweighs another more than 4x): they train
+  the classifier, fit the vectorizer, and fit the reference's PCA and centroids;
+- reference (two thirds of the rest): one event each, which ``build_reference`` splits into the
+  rows that profile the reference and the rows that calibrate its thresholds;
+- traffic (the last third): the only English documents the seven days draw from.
+
+So a clean day is scored on documents the reference has never seen, as in production: the
+thresholds have to allow for a fresh sample of documents, not only for a fresh draw of the
+same ones. The traffic pool is as large as the calibration rows, the sample the thresholds
+were calibrated for. The Spanish documents, all of them, are traffic only.
+One event per reference document (not a large sample drawn with replacement) keeps profile
+and calibration rows apart too. A document that embeds like one of an earlier pool (its
+distinguishing words are outside the training vocabulary) is dropped from the later one.
+With 506 conversations in all the pools are small, so every conversation is used: the topic
+mix is the corpus's (trivia is half of it) in the reference pool and in the traffic, and the
+classifier is told that mix as its class prior, since its class-capped training set has
+another.
+
+>>> s = build_scenario(docs_per_day=200, seed=1, start=datetime(2026, 11, 20, tzinfo=UTC))
 >>> s.label_names
 ('ai', 'emotion', 'money', 'psychology', 'trivia')
 >>> [round(spanish_share(day), 2) for day in s.days]
 [0.0, 0.0, 0.0, 0.0, 0.33, 0.66, 1.0]
+>>> len(s.train_labels), len(s.reference_events)
+(146, 237)
 """
 
 from __future__ import annotations
@@ -62,22 +85,23 @@ TOPICS: Mapping[str, tuple[str, str]] = {
 """Label -> (English file, Spanish file) in chatterbot-corpus; only topics present in both."""
 
 _DAY_SECONDS = 86_400
-_TRAIN_FRACTION = 0.6  # the rest is held out: calibration events and English traffic
-_MAX_PER_TOPIC = 110  # trivia has 261 conversations, money 30: keep classes within ~4x
+_TRAIN_FRACTION = 0.4
+_MAX_TRAIN_PER_TOPIC = 48  # trivia has 261 conversations, money 30 (12 to train): within 4x
+_REFERENCE_SHARE = 2 / 3  # of what training leaves; the rest is English traffic
+# The seed's 0.01 lets one rare word decide a document; with ~150 training documents (the seed
+# had thousands) more smoothing generalises better to documents it never saw.
+_ALPHA = 0.1
 
 
 @dataclass(frozen=True)
 class Scenario:
     """Everything the demo needs: the reference's inputs and the days to replay.
 
-    ``train_vectors``/``train_labels`` fit the reference's PCA and centroids (``embmon
-    reference build``); ``reference_events`` are English events drawn from the held-out
-    documents (never trained on) to profile the reference and calibrate its thresholds on;
-    ``days[i]`` are the events of the day starting at ``day_starts[i]``, in time order.
-    English traffic is drawn from the same held-out documents: with a corpus this small, a
-    separate pool would differ from the reference by its sampling alone and English days
-    would alarm; and a large sample (not each document once) keeps the reference profile's
-    own noise, hence the calibrated thresholds, small.
+    ``train_vectors``/``train_labels`` (the training documents) fit the reference's PCA and
+    centroids; ``reference_events`` (each reference document once, on the day before the
+    first) profile the reference and calibrate its thresholds; ``days[i]`` are the events of
+    the day starting at ``day_starts[i]``, in time order, drawn from the traffic documents
+    and the Spanish ones, which neither of the others has seen (see the module docstring).
     """
 
     train_vectors: npt.NDArray[np.float32]
@@ -117,35 +141,36 @@ def build_scenario(
     model: str = "news",
     spanish_shares: Sequence[float] = LANGUAGE_PERTURBATION_RATIO,
     max_features: int = 1024,
-    reference_size: int = 2000,
 ) -> Scenario:
     """Train the seed's classifier on English topics and generate one event list per day.
 
     Each day draws about ``docs_per_day`` documents (times a random 0.8-1.0 volume factor,
-    as in the seed), ``int(n * share)`` of them Spanish, the rest held-out English.
-    Topics follow the training prior in both languages, so only the language drifts.
-    ``reference_size`` English events, drawn the same way on the day before, are the sample
-    the reference profile and its thresholds are built from.
+    as in the seed), ``int(n * share)`` of them Spanish, the rest English traffic documents.
+    Topics follow the reference documents' mix in both languages, so only the language drifts.
     ``start`` is the first day's UTC midnight; by default the days end at today's midnight.
     The result depends only on the arguments (and on today's date when ``start`` is None).
     """
-    if docs_per_day < 1 or reference_size < 1:
-        raise ValueError(
-            f"docs_per_day and reference_size must be at least 1, got {docs_per_day}, "
-            f"{reference_size}"
-        )
+    if docs_per_day < 1:
+        raise ValueError(f"docs_per_day must be at least 1, got {docs_per_day}")
     if not all(0.0 <= share <= 1.0 for share in spanish_shares):
         raise ValueError(f"spanish_shares must lie in [0, 1], got {list(spanish_shares)}")
     first = _first_day(start, len(spanish_shares))
     rng = np.random.default_rng(seed)
 
-    docs, labels = _english_corpus(rng)
-    train, held_out = _stratified_split(labels, rng)
+    docs, labels = _corpus("english")
+    train, reference, traffic = _split(labels, rng)
     vectorizer: Pipeline = Pipeline(
         [("vect", CountVectorizer(max_features=max_features)), ("tfidf", TfidfTransformer())]
     )
     train_vectors = _dense(vectorizer.fit_transform([docs[i] for i in train]))
-    classifier = MultinomialNB(alpha=0.01).fit(train_vectors, labels[train])
+    seen = {row.tobytes() for row in train_vectors}
+    reference, traffic = (
+        _unseen(rows, _dense(vectorizer.transform([docs[i] for i in rows])), seen)
+        for rows in (reference, traffic)
+    )
+    label_names = tuple(str(name) for name in np.unique(labels))
+    prior = np.array([np.mean(labels[reference] == name) for name in label_names])
+    classifier = MultinomialNB(alpha=_ALPHA, class_prior=prior).fit(train_vectors, labels[train])
     analyzer = CountVectorizer(stop_words="english").build_analyzer()
 
     def pool(texts: list[str], pool_labels: npt.NDArray[np.str_]) -> _Pool:
@@ -157,29 +182,23 @@ def build_scenario(
             predictions=[str(p) for p in classifier.predict(vectors)],
         )
 
-    label_names = tuple(str(name) for name in classifier.classes_)
-    prior = np.array([np.mean(labels[train] == name) for name in label_names])
-    spanish_docs, spanish_labels = _spanish_corpus()
+    spanish_docs, spanish_labels = _corpus("spanish")
     pools = {
-        "en": pool([docs[i] for i in held_out], labels[held_out]),
+        "en": pool([docs[i] for i in traffic], labels[traffic]),
         "es": pool(spanish_docs, spanish_labels),
     }
-    reference_day = first - timedelta(days=1)
-    reference_events = _draw(
-        pools,
-        label_names,
-        prior,
-        reference_day,
-        reference_size,
-        0.0,
+    reference_events = _once_each(
+        pool([docs[i] for i in reference], labels[reference]),
+        first - timedelta(days=1),
         f"{model}-reference",
         model,
         rng,
     )
     day_starts = tuple(first + timedelta(days=d) for d in range(len(spanish_shares)))
+    turns = _Turns(pools, rng)
     days = [
         _draw(
-            pools,
+            turns,
             label_names,
             prior,
             day_start,
@@ -217,8 +236,28 @@ def write_jsonl(events: Iterable[Event], path: Path) -> Path:
     return path
 
 
+class _Turns:
+    """Each pool's documents of a topic in turn, reshuffled once every one has come up.
+
+    Drawn independently, the few documents of a small topic come up unevenly: one
+    misclassified money document drawn five times in a day moves its macro F1 by points.
+    Taken in turn, every traffic document weighs alike, day after day.
+    """
+
+    def __init__(self, pools: Mapping[str, _Pool], rng: np.random.Generator) -> None:
+        self.pools = pools
+        self._rng = rng
+        self._queues: dict[tuple[str, str], list[int]] = {}
+
+    def next(self, language: str, label: str) -> int:
+        queue = self._queues.setdefault((language, label), [])
+        if not queue:
+            queue.extend(self._rng.permutation(self.pools[language].rows_of(label)).tolist())
+        return queue.pop()
+
+
 def _draw(
-    pools: Mapping[str, _Pool],
+    turns: _Turns,
     label_names: tuple[str, ...],
     prior: npt.NDArray[np.float64],
     day_start: datetime,
@@ -236,10 +275,24 @@ def _draw(
     for i, (language, target, ts) in enumerate(
         zip(languages, targets, _timestamps(day_start, n, rng), strict=True)
     ):
-        chosen = pools[str(language)]
-        row = int(rng.choice(chosen.rows_of(label_names[target])))
-        events.append(_event(chosen, row, str(language), f"{id_prefix}-{i:05d}", ts, model))
+        row = turns.next(str(language), label_names[target])
+        event = _event(
+            turns.pools[str(language)], row, str(language), f"{id_prefix}-{i:05d}", ts, model
+        )
+        events.append(event)
     return events
+
+
+def _once_each(
+    pool: _Pool, day_start: datetime, id_prefix: str, model: str, rng: np.random.Generator
+) -> list[Event]:
+    """One English event per document of ``pool``, in random order over one day."""
+    rows = rng.permutation(len(pool.labels))
+    times = _timestamps(day_start, len(rows), rng)
+    return [
+        _event(pool, int(row), "en", f"{id_prefix}-{i:05d}", ts, model)
+        for i, (row, ts) in enumerate(zip(rows, times, strict=True))
+    ]
 
 
 def _first_day(start: datetime | None, days: int) -> datetime:
@@ -251,52 +304,60 @@ def _first_day(start: datetime | None, days: int) -> datetime:
     return start.astimezone(UTC)
 
 
-def _conversations(language: str, stem: str) -> list[str]:
-    """One document per conversation (its utterances joined), deduplicated on normalised text."""
-    path = Path(DATA_DIRECTORY) / language / f"{stem}.yml"
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    seen: dict[str, str] = {}
-    for conversation in loaded["conversations"]:
-        text = " ".join(str(utterance).strip() for utterance in conversation)
-        seen.setdefault(" ".join(text.lower().split()), text)
-    return list(seen.values())
+def _corpus(language: str) -> tuple[list[str], npt.NDArray[np.str_]]:
+    """One document per conversation of each topic's file, deduplicated on its words.
 
-
-def _english_corpus(rng: np.random.Generator) -> tuple[list[str], npt.NDArray[np.str_]]:
+    Two conversations with the same words embed alike whatever the vocabulary: kept both, one
+    could train the classifier while the other, as traffic, would be a document already seen.
+    """
+    column = 0 if language == "english" else 1
+    words = CountVectorizer().build_analyzer()
+    seen: set[str] = set()
     docs: list[str] = []
     labels: list[str] = []
-    for label, (english, _) in TOPICS.items():
-        topic_docs = _conversations("english", english)
-        if len(topic_docs) > _MAX_PER_TOPIC:
-            keep = np.sort(rng.choice(len(topic_docs), _MAX_PER_TOPIC, replace=False))
-            topic_docs = [topic_docs[i] for i in keep]
-        docs += topic_docs
-        labels += [label] * len(topic_docs)
+    for label, files in TOPICS.items():
+        path = Path(DATA_DIRECTORY) / language / f"{files[column]}.yml"
+        for conversation in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
+            text = " ".join(str(utterance).strip() for utterance in conversation)
+            key = " ".join(sorted(words(text)))
+            if key not in seen:
+                seen.add(key)
+                docs.append(text)
+                labels.append(label)
     return docs, np.array(labels)
 
 
-def _spanish_corpus() -> tuple[list[str], npt.NDArray[np.str_]]:
-    docs: list[str] = []
-    labels: list[str] = []
-    for label, (_, spanish) in TOPICS.items():
-        topic_docs = _conversations("spanish", spanish)
-        docs += topic_docs
-        labels += [label] * len(topic_docs)
-    return docs, np.array(labels)
-
-
-def _stratified_split(
+def _split(
     labels: npt.NDArray[np.str_], rng: np.random.Generator
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Per-topic train / held-out indices, so every topic is on both sides."""
-    train: list[int] = []
-    held_out: list[int] = []
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Per-topic training / reference / traffic indices, disjoint, every topic in all three."""
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
     for label in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == label))
-        n_train = round(len(rows) * _TRAIN_FRACTION)
-        train.extend(rows[:n_train].tolist())
-        held_out.extend(rows[n_train:].tolist())
-    return np.array(sorted(train), dtype=np.intp), np.array(sorted(held_out), dtype=np.intp)
+        n_train = min(round(len(rows) * _TRAIN_FRACTION), _MAX_TRAIN_PER_TOPIC)
+        n_reference = round((len(rows) - n_train) * _REFERENCE_SHARE)
+        cuts = [n_train, n_train + n_reference]
+        for part, chunk in zip(parts, np.split(rows, cuts), strict=True):
+            part.extend(chunk.tolist())
+    train, reference, traffic = (np.array(sorted(part), dtype=np.intp) for part in parts)
+    return train, reference, traffic
+
+
+def _unseen(
+    rows: npt.NDArray[np.intp], vectors: npt.NDArray[np.float32], seen: set[bytes]
+) -> npt.NDArray[np.intp]:
+    """The ``rows`` whose embedding is not in ``seen`` yet (and adds theirs to it).
+
+    Distinct conversations can embed alike when the words that tell them apart are outside the
+    training vocabulary; to the monitor such a document is one it has already seen.
+    """
+    keep = []
+    for row, vector in zip(rows, vectors, strict=True):
+        key = vector.tobytes()
+        if key not in seen:
+            seen.add(key)
+            keep.append(row)
+    return np.array(keep, dtype=np.intp)
 
 
 def _dense(matrix: Any) -> npt.NDArray[np.float32]:
