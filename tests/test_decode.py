@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from kafka.consumer.fetcher import ConsumerRecord
 
 from agent.decode import REJECT_REASONS, DecodedBatch, Decoder, tokenize
-from agent.source import RawRecord
 from agent.fields import FieldMap
+from agent.source import RawRecord
 
 DIM = 4
 T0 = 1_790_000_000.0  # 2026-09-21, epoch seconds

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from agent.decode import Decoder
-from agent.source import RawRecord
 from agent.fields import FieldMap
 from agent.file_source import iter_file_records, load_events
+from agent.source import RawRecord
 from sketches.errors import FormatError
 
 DIM = 3

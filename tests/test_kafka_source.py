@@ -101,7 +101,7 @@ def test_group_join_records_and_commit_metadata_round_trip(
         assert got[0] == RawRecord(b"v0", 1_000, 0, 0, topic)
         assert [(r.partition, r.offset) for r in got] == [(p, o) for p in (0, 1) for o in range(5)]
         meta = Checkpoint(3, 1_700_000_000).metadata()
-        assert source.commit({p0: (3, meta), p1: (5, "")})
+        assert source.commit({p0: Checkpoint(3, 1_700_000_000), p1: Checkpoint(5)})
         offset, stored = source.committed(p0) or (None, None)
         assert offset == 3
         assert stored == (None if on_tansu else meta)  # Tansu 0.6 does not keep metadata
@@ -110,7 +110,7 @@ def test_group_join_records_and_commit_metadata_round_trip(
         )
     with KafkaSource(cfg) as again:  # a restart resumes from the commit
         polls = poll_until(again, lambda ps: len(records(ps)) == 2)
-        assert {tp: c and c[0] for p in polls for tp, c in p.assigned.items()} == {p0: 3, p1: 5}
+        assert {tp: c and c.offset for p in polls for tp, c in p.assigned.items()} == {p0: 3, p1: 5}
         assert [(r.partition, r.offset) for r in records(polls)] == [(0, 3), (0, 4)]
 
 
@@ -218,7 +218,7 @@ def test_rebalance_changes_reach_the_main_loop(kafka_bootstrap: str) -> None:
 
     with KafkaSource(cfg) as first:
         seen = poll_until(first, lambda ps: len(records(ps)) >= 4)
-        assert first.commit({p0: (1, ""), p1: (1, "")})
+        assert first.commit({p0: Checkpoint(1), p1: Checkpoint(1)})
         thread = threading.Thread(target=run_second)
         thread.start()
         try:
@@ -235,14 +235,14 @@ def test_rebalance_changes_reach_the_main_loop(kafka_bootstrap: str) -> None:
             while not any(p.assigned for p in second_polls):
                 assert time.monotonic() < deadline, "the second member got no partition"
                 first.poll(timeout_ms=200)
-            handed = {tp: c and c[0] for p in second_polls for tp, c in p.assigned.items()}
+            handed = {tp: c and c.offset for p in second_polls for tp, c in p.assigned.items()}
             assert handed == {given: 1}  # the new owner starts from the commit
         finally:
             stop.set()
             thread.join()
         # the second member left: the partition comes back, from its committed offset
         polls = poll_until(first, lambda ps: any(p.assigned for p in ps))
-        back = {tp: c and c[0] for p in polls for tp, c in p.assigned.items()}
+        back = {tp: c and c.offset for p in polls for tp, c in p.assigned.items()}
         assert back == {given: 1}
         assert first.assignment() == {p0, p1}
 
