@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from common import T0, emit, event_json, fmt, mixture, reference_dir
 
+from exporters.windows_log import read_windows
+
 
 def produce(bootstrap: str, topic: str, partitions: int, n: int, dim: int, b64: bool) -> int:
     """Fill ``topic`` with ``n`` events spread over 10 hours; returns the bytes written."""
@@ -132,14 +134,14 @@ def run_embmon(bootstrap: str, topic: str, reference: Path, expect: int) -> dict
         wall = time.perf_counter() - started
         if proc.returncode != 0 or "begin" not in marks or "end" not in marks:
             raise RuntimeError(f"embmon run failed ({proc.returncode}):\n{''.join(log[-30:])}")
-        lines = (Path(out) / "windows.jsonl").read_text().splitlines()
-        events = sum(json.loads(line)["events"] for line in lines)
+        records = list(read_windows(Path(out) / "windows.jsonl"))
+        events = sum(record.events for record in records)
     if events != expect:
         raise RuntimeError(f"embmon profiled {events} events, expected {expect}")
     (t0, c0), (t1, c1) = marks["begin"], marks["end"]
     return {
         "events": events,
-        "windows": len(lines),
+        "windows": len(records),
         "consume_s": t1 - t0,
         "consume_cpu_s": c1 - c0,
         "wall_s": wall,

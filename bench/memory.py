@@ -1,9 +1,10 @@
 """Benchmark 3: memory. Peak RSS after 100k and after 5M events through the same pipeline.
 
-Events go through the agent's own path in-process (``agent.pipeline.Pipeline``: decode,
-windows, profiles, closing, drift, windows.jsonl and profile files), fed as raw records the
-way ``embmon replay`` feeds file chunks (Kafka would only add its client's buffers, which do
-not depend on how many events went before). Events are 384-d ``embedding_b64`` with text
+Events go through the agent's own path in-process: ``agent.driver.Driver`` over an
+``agent.pipeline.Pipeline`` (decode, windows, profiles, closing, drift, windows.jsonl, profile
+files and ledger, commits), fed raw records in polls by an in-memory source the way ``embmon
+replay`` runs the driver over its file source (Kafka would only add its client's buffers,
+which do not depend on how many events went before). Events are 384-d ``embedding_b64`` with text
 (Zipf words from a 100k vocabulary), a prediction and a target, 1h windows of 50,000 events,
 so 5M events open and close 100 windows. Peak RSS (VmHWM) and current RSS are read at each
 checkpoint; the whole run is one process with one configuration.
@@ -18,21 +19,26 @@ import base64
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import numpy as np
 import orjson
-from common import T0, emit, fmt, make_reference, mixture, peak_rss_mb, rss_mb
+from common import T0, ChunkSource, emit, fmt, make_reference, mixture, peak_rss_mb, rss_mb
 
 from agent.decode import Decoder
-from agent.source import RawRecord
+from agent.driver import Driver
+from agent.ledger import prepare_out
 from agent.pipeline import Pipeline
+from agent.source import RawRecord
 
 
 class Events:
     """Raw records made on the fly from a pool of vectors and words (no 5M-event list)."""
 
-    def __init__(self, dim: int, per_window: int, text: bool, seed: int = 7) -> None:
+    def __init__(
+        self, dim: int, per_window: int, text: bool, topic: str = "bench", seed: int = 7
+    ) -> None:
         rng = np.random.default_rng(seed)
         # A small pool (4,000 vectors): the benchmark's own set-up must not set the peak.
         vectors, labels = mixture(4_000, dim, 20, seed=seed)
@@ -43,6 +49,7 @@ class Events:
         self.words = [vocab[i] for i in words.tolist()]
         self.step = 3600.0 / per_window
         self.text = text
+        self.topic = topic
 
     def chunk(self, start: int, size: int) -> list[RawRecord]:
         out = []
@@ -59,7 +66,7 @@ class Events:
             if self.text:
                 w = (i * 8) % (words - 8)
                 event["text"] = " ".join(self.words[w : w + 8])
-            out.append(RawRecord(orjson.dumps(event), -1, 0, i))
+            out.append(RawRecord(orjson.dumps(event), timestamp=-1, offset=i, topic=self.topic))
         return out
 
 
@@ -70,7 +77,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", default="100000,1000000,2000000,5000000")
     parser.add_argument("--per-window", type=int, default=50_000, help="events per 1h window")
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--chunk", type=int, default=2_000, help="records per ingest call")
+    parser.add_argument("--chunk", type=int, default=2_000, help="records per poll")
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--json", help="write the result here too")
     args = parser.parse_args()
@@ -80,39 +87,49 @@ def main() -> None:
 
     reference = make_reference(args.dim, 20)
     events = Events(args.dim, args.per_window, not args.no_text)
-    partition = ("bench", 0)
     rows = [{"events": 0, "peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb(), "seconds": 0.0}]
-    with tempfile.TemporaryDirectory(prefix="embmon-bench-mem-") as out:
-        pipeline = Pipeline(reference, Decoder(args.dim), window=timedelta(hours=1), out_dir=out)
-        pipeline.store.assign(partition, None)
-        started = time.perf_counter()
-        windows = 0
+
+    def polls() -> Iterator[list[RawRecord]]:
+        """Chunks of ``--chunk`` records that end exactly at each checkpoint."""
         done = 0
         for target in checkpoints:
             while done < target:
                 size = min(args.chunk, target - done)
-                pipeline.ingest(partition, events.chunk(done, size))
+                yield events.chunk(done, size)
                 done += size
-                pipeline.store.advance(partition, done, caught_up=False)
-                windows += len(pipeline.close())
-            state = pipeline.metrics
+
+    with tempfile.TemporaryDirectory(prefix="embmon-bench-mem-") as out:
+        pipeline = Pipeline(
+            reference, Decoder(args.dim), window=timedelta(hours=1), out_dir=prepare_out(out)
+        )
+        source = ChunkSource(polls(), partition=(events.topic, 0))
+        driver = Driver(pipeline, source, poll_timeout_ms=0)
+        started = time.perf_counter()
+        for target in checkpoints:
+            while source.position < target:
+                driver.turn()
+            counted = pipeline.accounting.snapshot()
             rows.append(
                 {
-                    "events": done,
-                    "profiled": int(sum(state.events.values())),
-                    "windows_closed": windows,
+                    "events": source.position,
+                    "profiled": int(sum(counted.events.values())),
+                    "windows_closed": int(sum(counted.windows_closed.values())),
                     "open_windows": pipeline.store.open_windows,
                     "peak_rss_mb": peak_rss_mb(),
                     "rss_mb": rss_mb(),
                     "seconds": time.perf_counter() - started,
                 }
             )
-            print(f"{done:,} events: peak RSS {rows[-1]['peak_rss_mb']:.1f} MiB", file=sys.stderr)
+            print(
+                f"{source.position:,} events: peak RSS {rows[-1]['peak_rss_mb']:.1f} MiB",
+                file=sys.stderr,
+            )
     base = next(r for r in rows if r["events"] == checkpoints[0])
     last = rows[-1]
     ratio = last["peak_rss_mb"] / base["peak_rss_mb"]
     print(
-        f"\nMemory, one process through Pipeline (decode, windows, profiles, close, persist); "
+        f"\nMemory, one process through Driver + Pipeline (decode, windows, profiles, close, "
+        "persist, commit); "
         f"{args.dim}-d b64 events{'' if args.no_text else ' with text'}, 1h windows of "
         f"{args.per_window:,} events"
     )

@@ -5,9 +5,10 @@ not inherit another configuration's heap):
 
   centroids 5 -> 200 (384-d)      sketch stage (WindowProfile.update), 5,000-row batches
   dimensions 64 -> 1536 (20 c.)   the same
-  open windows 1 -> 1000          the agent's path (Pipeline.ingest of 2,000-record polls of
-                                  384-d embedding_b64 events) with the events of every poll
-                                  spread over that many open windows, none closing meanwhile
+  open windows 1 -> 1000          the agent's path (agent.driver.Driver over a Pipeline, fed
+                                  2,000-record polls of 384-d embedding_b64 events) with the
+                                  events of every poll spread over that many open windows, none
+                                  closing until the end
 
 Columns: throughput (vectors or events/s, best of ``--repeats``), memory per open window (RSS
 growth while ``--profiles`` profiles of 2,000 events each are held, divided by their number;
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from common import T0, best_rate, emit, fmt, make_reference, mixture, rss_mb
+from common import T0, ChunkSource, best_rate, emit, fmt, make_reference, mixture, rss_mb
 
 CENTROIDS = (5, 20, 50, 100, 200)
 DIMS = (64, 128, 384, 768, 1536)
@@ -70,8 +71,10 @@ def sketch_stage(dim: int, centroids: int, repeats: int, profiles: int) -> dict[
 
 def open_windows(windows: int, repeats: int) -> dict[str, Any]:
     from agent.decode import Decoder
-    from agent.source import RawRecord
+    from agent.driver import Driver
+    from agent.ledger import prepare_out
     from agent.pipeline import Pipeline
+    from agent.source import RawRecord
 
     ref = make_reference(384, 20)
     x, _ = mixture(4_000, 384, 20, seed=3)
@@ -79,6 +82,7 @@ def open_windows(windows: int, repeats: int) -> dict[str, Any]:
     n = max(100_000, 40 * windows)
     rng = np.random.default_rng(5)
     hours = rng.integers(0, windows, n)
+    partition = ("bench", 0)
     records = [
         RawRecord(
             orjson.dumps(
@@ -87,9 +91,9 @@ def open_windows(windows: int, repeats: int) -> dict[str, Any]:
                     "embedding_b64": blobs[i % 4000],
                 }
             ),
-            -1,
-            0,
-            i,
+            timestamp=-1,
+            offset=i,
+            topic=partition[0],
         )
         for i, h in enumerate(hours.tolist())
     ]
@@ -99,18 +103,18 @@ def open_windows(windows: int, repeats: int) -> dict[str, Any]:
         nonlocal rss_open
         with tempfile.TemporaryDirectory(prefix="embmon-bench-scale-") as out:
             pipeline = Pipeline(
-                ref, Decoder(384), window=timedelta(hours=1), out_dir=out,
+                ref, Decoder(384), window=timedelta(hours=1), out_dir=prepare_out(out),
                 lateness=timedelta(hours=windows + 1),
             )  # fmt: skip
-            partition = ("bench", 0)
-            pipeline.store.assign(partition, None)
-            for start in range(0, n, 2_000):
-                pipeline.ingest(partition, records[start : start + 2_000])
-                pipeline.store.advance(partition, start + 2_000, caught_up=False)
-                pipeline.close()
+            polls = (records[start : start + 2_000] for start in range(0, n, 2_000))
+            source = ChunkSource(polls, partition)
+            driver = Driver(pipeline, source, poll_timeout_ms=0)
+            while source.position < n:
+                driver.turn()
             assert pipeline.store.open_windows == windows, pipeline.store.open_windows
             rss_open = max(rss_open, rss_mb())
-            pipeline.close(everything=True)
+            driver.run()  # the source is exhausted: closes every window, commits
+            assert source.finished() and pipeline.store.open_windows == 0
         return n
 
     gc.collect()
@@ -157,7 +161,7 @@ def main() -> None:
 
     print(
         f"\nScaling (best of {args.repeats}); sketch stage = WindowProfile.update on 5,000-row "
-        "batches, open windows = Pipeline.ingest of 2,000-record polls (384-d, 20 centroids)"
+        "batches, open windows = Driver + Pipeline over 2,000-record polls (384-d, 20 centroids)"
     )
     print("| varied | value | fixed | throughput /s | µs per vector | RSS growth MiB (windows "
           "open) | MiB per open window | profile bytes |")  # fmt: skip
