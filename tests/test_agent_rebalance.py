@@ -133,5 +133,5 @@ def test_second_replica_joining_mid_stream_loses_and_doubles_nothing(
     first_part_starts = {iso(T0 + w * HOUR) for w in range(FIRST_PART)}
     assert starts_b & first_part_starts, sorted(starts_b)
     assert starts_a & starts_b & first_part_starts
-    resumed = [int(o) for o in re.findall(r"\(committed \((\d+),", b.log_text())]
+    resumed = [int(o) for o in re.findall(r"resuming from Checkpoint\(offset=(\d+),", b.log_text())]
     assert resumed and max(resumed) > 0, b.log_tail()
