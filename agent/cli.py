@@ -190,6 +190,12 @@ def _replay(args: argparse.Namespace) -> int:
         f"{len(summary.windows)} windows ({drifted} drifted), {summary.events:,} events, "
         f"rejected {summary.rejected or 'none'}; wrote {summary.out / 'windows.jsonl'}"
     )
+    if not summary.events and summary.rejected:
+        raise EmbmonError(
+            f"no event of {args.input} was accepted (rejected: {summary.rejected}); check the "
+            f"field mapping (--field) and that the reference's dimension, {reference.dim}, is "
+            "the events'"
+        )
     if args.openmetrics:
         from exporters.openmetrics import write_openmetrics
 

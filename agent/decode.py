@@ -26,9 +26,11 @@ from agent.values import (
     REJECT_REASONS,
     Bad,
     RejectReason,
+    bounded,
     kind,
     label,
     loads,
+    name,
     not_numbers,
     short,
     tokenize,
@@ -203,8 +205,8 @@ class Decoder:
             model = self._model(obj)
             segment = self._segment(obj)
             tokens = self._tokens(obj)
-            prediction = label(f.prediction, get_path(obj, self._paths["prediction"]))
-            target = label(f.target, get_path(obj, self._paths["target"]))
+            prediction = name(f.prediction, get_path(obj, self._paths["prediction"]))
+            target = name(f.target, get_path(obj, self._paths["target"]))
         except Bad as bad:
             bad.event_id = event_id
             raise
@@ -268,7 +270,7 @@ class Decoder:
             return self.default_model
         if not isinstance(value, str) or not value:
             raise Bad("wrong_type", f"{self.fields.model} must be a non-empty string")
-        return value
+        return bounded(self.fields.model, value)
 
     def _segment(self, obj: dict[str, object]) -> _Pairs:
         if not self.segment_keys:
@@ -279,8 +281,7 @@ class Decoder:
         if not isinstance(value, dict):
             raise Bad("wrong_type", f"{self.fields.segment} must be an object, not {kind(value)}")
         kept = (
-            (key, label(f"{self.fields.segment}.{key}", value.get(key)))
-            for key in self.segment_keys
+            (key, name(f"{self.fields.segment}.{key}", value.get(key))) for key in self.segment_keys
         )
         return tuple((key, text) for key, text in kept if text is not None)
 

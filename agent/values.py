@@ -15,13 +15,16 @@ from typing import Literal, get_args
 import orjson
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "NUMBER_TYPES",
     "REJECT_REASONS",
     "Bad",
     "RejectReason",
+    "bounded",
     "kind",
     "label",
     "loads",
+    "name",
     "not_numbers",
     "short",
     "tokenize",
@@ -37,10 +40,14 @@ RejectReason = Literal[
     "wrong_type",
     "oversized",
     "bad_timestamp",
+    "bad_name",
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
 NUMBER_TYPES = frozenset({int, float})
+MAX_NAME_CHARS = 128
+"""Longest model, segment value or class label: each becomes a label value and a file name."""
+_MAX_INT_DIGITS = 19  # longer integers are read as floats: huge ones become inf, never an error
 _DETAIL_CHARS = 80
 _WORD = re.compile(r"[^\W_]+")
 _KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
@@ -78,6 +85,28 @@ def label(path: str, value: object) -> str | None:
     raise Bad("wrong_type", f"{path} must be a string or an integer, not {kind(value)}")
 
 
+def name(path: str, value: object) -> str | None:
+    """A model, segment value or class label: a :func:`label` of printable characters, short.
+
+    >>> name("model", "news"), name("target", 3)
+    ('news', '3')
+    >>> name("model", "x" * 300)
+    Traceback (most recent call last):
+    agent.values.Bad: model has 300 characters, at most 128
+    """
+    text = label(path, value)
+    return None if text is None else bounded(path, text)
+
+
+def bounded(path: str, text: str) -> str:
+    """``text`` if it is a usable name: at most ``MAX_NAME_CHARS``, all printable."""
+    if len(text) > MAX_NAME_CHARS:
+        raise Bad("bad_name", f"{path} has {len(text)} characters, at most {MAX_NAME_CHARS}")
+    if not text.isprintable():
+        raise Bad("bad_name", f"{path} holds control or unprintable characters")
+    return text
+
+
 def not_numbers(vec: list[object]) -> Bad:
     """The reject for a vector with a non-number; ``null`` is how many JSON encoders write NaN."""
     j, x = next((j, x) for j, x in enumerate(vec) if type(x) not in NUMBER_TYPES)
@@ -90,16 +119,25 @@ def loads(raw: bytes) -> object:
     """Parse one event with orjson, re-reading what it refuses with ``json``.
 
     orjson refuses the NaN and Infinity literals that Python's ``json`` writes, and numbers
-    that overflow a double (``1e999``); re-read, such an event is rejected as ``non_finite`` or
-    ``bad_timestamp``, which tells its producer what is wrong. Only bad records pay for this.
+    that overflow a double (``1e999``, a 400-digit integer); re-read, such an event is rejected
+    as ``non_finite`` or ``bad_timestamp``, which tells its producer what is wrong. What orjson
+    refuses for being no UTF-8 (raw bytes, or a ``\\ud800`` escape of half a character) stays
+    refused: such text could not be written to any output. Only bad records pay for this.
     """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
+            text = raw.decode("utf-8")
+            obj = json.loads(text, parse_int=_integer)
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+        except (ValueError, RecursionError):  # UnicodeError is a ValueError
             raise Bad("invalid_json", short(str(exc))) from None
+        return obj
+
+
+def _integer(digits: str) -> int | float:
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else float(digits)
 
 
 def kind(value: object) -> str:

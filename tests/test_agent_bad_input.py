@@ -98,6 +98,15 @@ BAD: list[tuple[str, bytes | None]] = [
     ("bad_timestamp", _json(timestamp=-5)),
     ("bad_timestamp", _json(timestamp=True)),
     ("bad_timestamp", _json(timestamp=[T0])),
+    # Poison pills: each of these once crashed the agent, which then crash-looped on restart.
+    ("bad_name", _json(model="m" * 300)),
+    ("bad_name", _json(segment={"region": "r" * 300})),
+    ("bad_name", _json(model="tab\there")),
+    ("bad_name", _json(target="t" * 129)),
+    ("invalid_json", _json(model="MODEL").replace(b"MODEL", b"\\ud800")),
+    ("invalid_json", _json(prediction="P").replace(b"P", b"\xed\xa0\x80")),
+    ("non_finite", _raw_number("1" * 400)),
+    ("bad_timestamp", _json(timestamp=0).replace(b'"timestamp":0', b'"timestamp":' + b"9" * 400)),
 ]
 EXPECTED = Counter(reason for reason, _ in BAD)
 
@@ -108,7 +117,7 @@ def test_every_reason_is_covered_by_the_bad_records() -> None:
 
 def test_bad_records_decode_to_their_reasons() -> None:
     """The same records through the decoder alone, so a wrong reason is named precisely."""
-    decoder = Decoder(DIM, max_event_bytes=MAX_EVENT_BYTES)
+    decoder = Decoder(DIM, segment_keys=["region"], max_event_bytes=MAX_EVENT_BYTES)
     decoded = decoder.decode([RawRecord(value, -1, 0, i) for i, (_, value) in enumerate(BAD)])
     assert decoded.events == 0
     assert [(r.offset, r.reason) for r in decoded.rejects] == [
@@ -132,7 +141,7 @@ def test_agent_stays_up_counts_good_events_and_each_reject_under_its_reason(
     bad = iter(BAD)
     for i, event in enumerate(good):
         stream.append((i % PARTITIONS, event.value))
-        if i % 7 == 3:
+        if i % 5 == 3:
             record = next(bad, None)
             if record is not None:
                 stream.append((i % PARTITIONS, record[1]))
@@ -142,7 +151,7 @@ def test_agent_stays_up_counts_good_events_and_each_reject_under_its_reason(
     _produce(kafka_bootstrap, topic, stream)
 
     out, gid = tmp_path / "out", f"g-{uuid.uuid4().hex[:8]}"
-    flags = ("--max-event-bytes", str(MAX_EVENT_BYTES))
+    flags = ("--max-event-bytes", str(MAX_EVENT_BYTES), "--segment-keys", "region")
     with AgentProcess(
         bootstrap=kafka_bootstrap,
         topic=topic,

@@ -77,6 +77,16 @@ BAD: list[tuple[str, bytes | dict[str, Any] | None]] = [
     ("bad_timestamp", {"embedding": [0, 0, 0, 0], "timestamp": [2026]}),
     ("bad_timestamp", {"embedding": [0, 0, 0, 0], "timestamp": True}),
     ("bad_timestamp", json.dumps({"embedding": [0, 0, 0, 0], "timestamp": float("inf")}).encode()),
+    # Poison pills: each once crashed the agent, or wrote a name no output could hold.
+    ("bad_name", {"embedding": [0, 0, 0, 0], "model": "m" * 300}),
+    ("bad_name", {"embedding": [0, 0, 0, 0], "segment": {"region": "r" * 129}}),
+    ("bad_name", {"embedding": [0, 0, 0, 0], "model": "two\nlines"}),
+    ("bad_name", {"embedding": [0, 0, 0, 0], "prediction": "p" * 129}),
+    ("invalid_json", b'{"embedding": [0, 0, 0, 0], "model": "\\ud800"}'),  # half a character
+    ("invalid_json", b'{"embedding": [0, 0, 0, 0], "prediction": "\xed\xa0\x80"}'),
+    ("invalid_json", b'{"embedding": [NaN, 0, 0, 0], "target": "\\udfff"}'),
+    ("non_finite", b'{"embedding": [' + b"1" * 400 + b", 0, 0, 0]}"),
+    ("bad_timestamp", b'{"embedding": [0, 0, 0, 0], "timestamp": ' + b"9" * 400 + b"}"),
 ]
 
 

@@ -187,6 +187,19 @@ def test_a_replay_into_a_used_out_is_refused_unless_overwrite_or_resume(
     assert (out / "windows.jsonl").read_bytes() == first
 
 
+def test_a_replay_that_accepts_no_event_fails_and_says_why(
+    reference_dir: Path, tmp_path: Path
+) -> None:
+    short = [orjson.dumps({"timestamp": T0, "embedding": [0.0] * 8}) for _ in range(5)]
+    result = _cli(
+        "replay", "--reference", str(reference_dir), "--input",
+        str(_write(tmp_path / "events.jsonl", short)), "--out", str(tmp_path / "out"), "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "no event" in result.stderr and "'wrong_dimension': 5" in result.stderr
+    assert "dimension, 64" in result.stderr
+
+
 def test_hostile_model_names_keep_their_profiles_apart_and_inside_out(
     reference: Reference, tmp_path: Path
 ) -> None:
