@@ -347,7 +347,9 @@ class WindowStore(Generic[P, B]):
         """Partitions more than ``max_windows_ahead`` windows ahead of the global watermark.
 
         While the global watermark is unknown (a lagging partition has shown no event time
-        yet) the previous answer stands.
+        yet) the previous answer stands, but for partitions that have shown no event time
+        themselves: such a one (say, assigned again after a rebalance) must read to show it,
+        or the watermark stays unknown for ever.
         """
         if self._processing:
             return frozenset()
@@ -359,7 +361,11 @@ class WindowStore(Generic[P, B]):
                 for partition, state in self._partitions.items()
                 if state.watermark is not None and state.watermark > limit
             )
-        return self._paused & self._partitions.keys()
+        return frozenset(
+            p
+            for p in self._paused & self._partitions.keys()
+            if self._partitions[p].watermark is not None
+        )
 
     def _state(self, partition: Partition) -> _PartitionState[P]:
         try:

@@ -221,6 +221,22 @@ def test_partition_far_ahead_is_paused_until_the_watermark_catches_up() -> None:
     assert s.open_windows == 2  # [60, 120) and [120, 180)
 
 
+def test_a_paused_partition_assigned_again_reads_and_windows_close_again() -> None:
+    s = store(max_windows_ahead=1)
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [0], 0)
+    feed(s, P1, [0, 60, 130], 0)
+    assert s.paused_partitions() == {P1}
+    s.revoke([P0, P1])  # an eager rebalance revokes everything, then assigns it back
+    s.assign(P0, None)
+    s.assign(P1, None)
+    assert s.paused_partitions() == frozenset()  # P1 must read to show its event time again
+    feed(s, P1, [0, 60, 130], 0)
+    feed(s, P0, [0, 125], 0)
+    assert summary(s.close_ready()) == [("m", 0, [0, 0]), ("m", 60, [1])]
+
+
 def test_processing_time_windows_by_the_clock() -> None:
     now = [1000.0]
     s = store(time_mode="processing", clock=lambda: now[0])
