@@ -122,13 +122,12 @@ class Agent:
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, server.port)
         try:
             with KafkaSource(self.kafka_settings(), until_end=self.settings.until_end) as source:
-                self.health.ready = True
                 Driver(
                     self.pipeline,
                     source,
                     stop=self.stop,
                     on_rejects=self._send_dead_letters if self.settings.dead_letter_topic else None,
-                    on_turn=self.health.tick,
+                    on_turn=self._turn,
                 ).run()
                 if self.settings.until_end:
                     log.info("reached the end offsets seen at start; all windows closed")
@@ -138,6 +137,11 @@ class Agent:
             if server is not None:
                 server.stop()
         return 0
+
+    def _turn(self) -> None:
+        """Liveness: the loop turns. Readiness: this member holds partitions of the group."""
+        self.health.tick()
+        self.health.ready = bool(self.pipeline.store.partitions)
 
     def _send_dead_letters(self, partition: Partition, rejects: tuple[Reject, ...]) -> None:
         if self._dead_letters is None:

@@ -31,6 +31,7 @@ from tests.agent_scenarios import (
     expected_counts,
     iso,
     produce_events,
+    wait_for,
     window_counts,
     window_records,
 )
@@ -101,6 +102,31 @@ def test_until_end_counts_every_event_once_and_flags_exactly_the_shifted_days(
         assert record["classification"]["labelled"] == PER_DAY
     accuracy = [r["classification"]["accuracy"] for r in records]
     assert max(accuracy[d] for d in SHIFTED) < min(accuracy[: SHIFTED[0]])
+
+
+def test_ready_only_once_the_member_holds_partitions(
+    kafka_bootstrap: str, week: Week, tmp_path: Path
+) -> None:
+    with AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=week.topic,
+        group=group(),
+        reference=week.reference,
+        out=tmp_path / "out",
+    ) as agent:
+        answers: list[int] = []
+
+        def ready() -> bool:
+            try:
+                answers.append(agent.get("/readyz")[0])
+            except OSError:  # not listening yet
+                return False
+            return answers[-1] == 200
+
+        wait_for(ready, "/readyz 200", agents=[agent], timeout_s=60, interval_s=0.05)
+        assert "partition assigned" in agent.log_text()  # the group join is done
+        assert answers[0] == 503  # up, alive, but not yet a member holding partitions
+        assert agent.get("/healthz")[0] == 200
 
 
 def test_live_agent_serves_metrics_of_the_last_closed_window_and_stops_on_sigterm(
