@@ -14,7 +14,7 @@ import gzip
 import importlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from itertools import islice
@@ -26,10 +26,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from agent.checkpoint import Checkpoint
 from agent.decode import Decoder
 from agent.fields import FieldMap, get_path
-from agent.source import Partition, PartitionProgress, Poll, RawRecord
+from agent.source import ChunkSource, Poll, RawRecord
 from sketches.batch import EventBatch
 from sketches.errors import FormatError
 
@@ -77,58 +76,28 @@ def iter_file_records(
     return _chunks(values, stamp, chunk_size, topic)
 
 
-class FileSource:
+class FileSource(ChunkSource):
     """A file of events as a source of one partition, read ``chunk_size`` records per poll.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "events.jsonl"
     >>> _ = p.write_text('{"embedding": [1, 2]}\\n{"embedding": [3, 4]}\\n')
     >>> source = FileSource(p, chunk_size=1)
-    >>> first = source.poll(0)
-    >>> dict(first.assigned), [r.offset for r in first.records], source.finished()
-    ({('file:events.jsonl', 0): None}, [0], False)
-    >>> _, _, last = source.poll(0), source.poll(0), source.poll(0)
-    >>> last.records, source.finished(), source.progress()[source.partition].position
-    ([], True, 2)
+    >>> source.partition, [r.offset for r in source.poll(0).records], source.bytes_read
+    (('file:events.jsonl', 0), [0], 22)
     """
 
     def __init__(self, path: PathLike, *, chunk_size: int = 10_000) -> None:
         p = Path(path)
-        self.partition: Partition = (f"file:{p.name}", 0)
-        self.size = p.stat().st_size if p.exists() else 0
+        topic = f"file:{p.name}"
+        super().__init__(iter_file_records(p, chunk_size=chunk_size, topic=topic), (topic, 0))
+        self.size = p.stat().st_size
         self.bytes_read = 0
-        self._chunks = iter_file_records(p, chunk_size=chunk_size, topic=self.partition[0])
-        self._assigned = False
-        self._done = False
-        self._position = 0
-        self.committed: Checkpoint | None = None
 
     def poll(self, timeout_ms: int) -> Poll:
-        assigned: dict[Partition, Checkpoint | None] = {}
-        if not self._assigned:
-            self._assigned = True
-            assigned[self.partition] = None
-        chunk = [] if self._done else next(self._chunks, [])
-        if chunk:
-            self._position = chunk[-1].offset + 1
-            self.bytes_read += sum(len(r.value or b"") + 1 for r in chunk)
-        else:
-            self._done = True
-        return Poll(chunk, assigned=assigned)
-
-    def progress(self) -> dict[Partition, PartitionProgress]:
-        # Caught up only at the end: until then the file's own event time is the watermark.
-        return {self.partition: PartitionProgress(self._position, None, self._done)}
-
-    def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
-        self.committed = checkpoints.get(self.partition, self.committed)
-        return True
-
-    def set_paused(self, partitions: Iterable[Partition]) -> None:
-        """A single partition is never ahead of the others, so nothing is ever paused."""
-
-    def finished(self) -> bool:
-        return self._done
+        poll = super().poll(timeout_ms)
+        self.bytes_read += sum(len(r.value or b"") + 1 for r in poll.records)
+        return poll
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ the pipeline writes its record again from the saved profile.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from exporters.records import SegmentKey
-from exporters.windows_log import read_windows
+from exporters.windows_log import append_lines, read_windows
 from sketches.errors import EmbmonError
 
 from .windows import WindowKey
@@ -58,17 +57,13 @@ class WindowLedger:
         return keys
 
     def append(self, keys: Iterable[WindowKey]) -> None:
-        payload = b"".join(
-            orjson.dumps({"model": k.model, "segment": k.segment.as_dict(), "start": k.start})
-            + b"\n"
-            for k in keys
+        append_lines(
+            self.path,
+            (
+                orjson.dumps({"model": k.model, "segment": k.segment.as_dict(), "start": k.start})
+                for k in keys
+            ),
         )
-        if not payload:
-            return
-        with open(self.path, "ab") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def missing_from(self, log: str | Path) -> list[WindowKey]:
         """Persisted windows whose record a crash kept out of the ``windows.jsonl`` at ``log``."""

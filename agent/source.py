@@ -6,14 +6,14 @@ rules whatever the records came from and however they were chunked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 from .checkpoint import Checkpoint
 
-__all__ = ["Partition", "PartitionProgress", "Poll", "RawRecord", "Source"]
+__all__ = ["ChunkSource", "Partition", "PartitionProgress", "Poll", "RawRecord", "Source"]
 
 Partition = tuple[str, int]
 """(topic, partition); ``kafka.TopicPartition`` is one."""
@@ -86,3 +86,58 @@ class Source(Protocol):
     def finished(self) -> bool:
         """True once a bounded source (a file, ``--until-end``) has handed out everything."""
         ...
+
+
+class ChunkSource:
+    """One partition handed out a chunk of records per poll: a file, or events in memory.
+
+    Assigned on the first poll, never committed before, caught up only once exhausted (until
+    then its own event time is the watermark). Every record must carry :attr:`partition`.
+
+    >>> source = ChunkSource([[RawRecord(b"{}", 0, 0, 0, "t")], [RawRecord(b"{}", 0, 0, 1, "t")]],
+    ...                      partition=("t", 0))
+    >>> first = source.poll(0)
+    >>> dict(first.assigned), [r.offset for r in first.records], source.finished()
+    ({('t', 0): None}, [0], False)
+    >>> _, last = source.poll(0), source.poll(0)
+    >>> last.records, source.finished(), source.progress()[("t", 0)].position
+    ([], True, 2)
+    """
+
+    def __init__(self, chunks: Iterable[list[RawRecord]], partition: Partition) -> None:
+        self.partition = partition
+        self.committed: Checkpoint | None = None
+        self._chunks: Iterator[list[RawRecord]] = iter(chunks)
+        self._assigned = False
+        self._done = False
+        self._position = 0
+
+    @property
+    def position(self) -> int:
+        """The offset after the last record handed out."""
+        return self._position
+
+    def poll(self, timeout_ms: int) -> Poll:
+        assigned: dict[Partition, Checkpoint | None] = {}
+        if not self._assigned:
+            self._assigned = True
+            assigned[self.partition] = None
+        chunk = [] if self._done else next(self._chunks, [])
+        if chunk:
+            self._position = chunk[-1].offset + 1
+        else:
+            self._done = True
+        return Poll(chunk, assigned=assigned)
+
+    def progress(self) -> dict[Partition, PartitionProgress]:
+        return {self.partition: PartitionProgress(self._position, None, self._done)}
+
+    def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
+        self.committed = checkpoints.get(self.partition, self.committed)
+        return True
+
+    def set_paused(self, partitions: Iterable[Partition]) -> None:
+        """A single partition is never ahead of the others, so nothing is ever paused."""
+
+    def finished(self) -> bool:
+        return self._done

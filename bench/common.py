@@ -15,7 +15,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from agent.checkpoint import Checkpoint
-from agent.source import Partition, PartitionProgress, Poll, RawRecord
 from sketches.batch import EventBatch
 from sketches.errors import EmbmonError
 from sketches.reference import Reference, build_reference
@@ -73,47 +71,6 @@ def reference_dir(dim: int, centroids: int, *, rows: int | None = None) -> Path:
 
 def make_reference(dim: int, centroids: int, *, rows: int | None = None) -> Reference:
     return Reference.load(reference_dir(dim, centroids, rows=rows))
-
-
-class ChunkSource:
-    """Records made in memory as a one-partition ``agent.source.Source``, a chunk per poll.
-
-    It hands records over as ``agent.file_source.FileSource`` hands over a file's (assigned on
-    the first poll, caught up only once exhausted), so ``agent.driver.Driver`` runs the agent's
-    own path over events no file or broker had to hold. Every record's topic and partition
-    must be :attr:`partition`'s.
-    """
-
-    def __init__(self, chunks: Iterable[list[RawRecord]], partition: Partition = ("bench", 0)):
-        self.partition = partition
-        self.position = 0
-        self._chunks = iter(chunks)
-        self._assigned = False
-        self._done = False
-
-    def poll(self, timeout_ms: int) -> Poll:
-        assigned: dict[Partition, Checkpoint | None] = {}
-        if not self._assigned:
-            self._assigned = True
-            assigned[self.partition] = None
-        chunk = [] if self._done else next(self._chunks, [])
-        if chunk:
-            self.position = chunk[-1].offset + 1
-        else:
-            self._done = True
-        return Poll(chunk, assigned=assigned)
-
-    def progress(self) -> dict[Partition, PartitionProgress]:
-        return {self.partition: PartitionProgress(self.position, None, self._done)}
-
-    def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
-        return True
-
-    def set_paused(self, partitions: Iterable[Partition]) -> None:
-        """One partition is never ahead of the others: nothing to pause."""
-
-    def finished(self) -> bool:
-        return self._done
 
 
 def event_json(vector: F32, timestamp: float, *, b64: bool, event_id: int) -> bytes:

@@ -24,13 +24,13 @@ from datetime import timedelta
 
 import numpy as np
 import orjson
-from common import T0, ChunkSource, emit, fmt, make_reference, mixture, peak_rss_mb, rss_mb
+from common import T0, emit, fmt, make_reference, mixture, peak_rss_mb, rss_mb
 
 from agent.decode import Decoder
 from agent.driver import Driver
 from agent.ledger import prepare_out
 from agent.pipeline import Pipeline
-from agent.source import RawRecord
+from agent.source import ChunkSource, RawRecord
 
 
 class Events:

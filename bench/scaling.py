@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from common import T0, ChunkSource, best_rate, emit, fmt, make_reference, mixture, rss_mb
+from common import T0, best_rate, emit, fmt, make_reference, mixture, rss_mb
+
+from agent.source import ChunkSource
 
 CENTROIDS = (5, 20, 50, 100, 200)
 DIMS = (64, 128, 384, 768, 1536)

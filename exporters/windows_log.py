@@ -16,7 +16,7 @@ import orjson
 
 from .records import WindowRecord
 
-__all__ = ["WindowsLog", "read_windows"]
+__all__ = ["WindowsLog", "append_lines", "read_windows"]
 
 
 def read_windows(path: str | Path) -> Iterator[WindowRecord]:
@@ -47,10 +47,15 @@ class WindowsLog:
 
     def append(self, records: Iterable[WindowRecord]) -> None:
         """Persist records durably (one write, then fsync)."""
-        payload = b"".join(orjson.dumps(r.to_json()) + b"\n" for r in records)
-        if not payload:
-            return
-        with open(self.path, "ab") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path, (orjson.dumps(r.to_json()) for r in records))
+
+
+def append_lines(path: Path, lines: Iterable[bytes]) -> None:
+    """Append whole lines in one ``write``, then fsync: after a crash, at most a torn last line."""
+    payload = b"".join(line + b"\n" for line in lines)
+    if not payload:
+        return
+    with open(path, "ab") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())

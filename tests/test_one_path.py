@@ -203,7 +203,7 @@ def test_a_replay_that_accepts_no_event_fails_and_says_why(
 def test_hostile_model_names_keep_their_profiles_apart_and_inside_out(
     reference: Reference, tmp_path: Path
 ) -> None:
-    names = ["..", "../../escaped", "a/b", "a_b", "/abs", "x" * 300]
+    names = ["..", "../../escaped", "a/b", "a_b", "/abs", "x" * 128]  # 128: the longest name
     values = []
     for i, line in enumerate(_events(2, windows=1, per_window=60)):
         event = orjson.loads(line)
