@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import orjson
 from kafka import KafkaProducer
 
 from agent.config import Settings
 from agent.file_source import load_events
+from agent.ledger import prepare_out
 from agent.progress import Progress
 from agent.run import Agent
 from exporters.http import MetricsServer
-from exporters.records import format_time
+from exporters.records import WindowRecord, format_time
 from exporters.report import write_report
 from exporters.windows_log import read_windows
 from sketches.batch import EventBatch
@@ -79,34 +79,31 @@ def _produce(bootstrap: str, scenario: Scenario) -> int:
     return len(events)
 
 
-def _table(records: list[dict[str, Any]], scenario: Scenario) -> None:
+def _table(records: list[WindowRecord], scenario: Scenario) -> None:
     shares = {
-        format_time(start.timestamp()): spanish_share(day)
+        int(start.timestamp()): spanish_share(day)
         for start, day in zip(scenario.day_starts, scenario.days, strict=True)
     }
-    metrics = sorted({m for r in records for m in r["drift"]})
+    metrics = sorted({m for r in records for m in r.drift})
     _say("")
     _say(
         f"{'day':<10} {'events':>6} {'es':>4}  {'closest-centroid mix (top 3)':<34} {'F1':>5}  alert  drift score / threshold"
     )
     for r in records:
-        day = r["window_start"][:10]
+        day = format_time(r.start)[:10]
         mix = " ".join(
-            f"{k} {v:.0%}"
-            for k, v in sorted(r["closest_centroid"].items(), key=lambda kv: -kv[1])[:3]
+            f"{k} {v:.0%}" for k, v in sorted(r.closest_centroid.items(), key=lambda kv: -kv[1])[:3]
         )
-        f1 = r.get("classification", {}).get("f1_macro")
+        f1 = float("nan") if r.classification is None else r.classification.f1_macro
         drift = "  ".join(
-            f"{m} {r['drift'][m]['score']:.2f}{'>' if r['drift'][m]['drifted'] else '<='}{r['drift'][m]['threshold']:.2f}"
+            f"{m} {d.score:.2f}{'>' if d.drifted else '<='}{d.threshold:.2f}"
             for m in metrics
-            if m in r["drift"] and r["drift"][m]["threshold"] is not None
+            if (d := r.drift.get(m)) is not None and d.threshold is not None
         )
-        alert = "FIRE " if r["drifted"] else "-    "
-        share = shares.get(r["window_start"], float("nan"))
-        _say(
-            f"{day:<10} {r['events']:>6} {share:>4.0%}  {mix:<34} {f1 if f1 is not None else float('nan'):>5.2f}  {alert}  {drift}"
-        )
-        terms = ", ".join(term for term, _ in r.get("frequent_terms", [])[:8])
+        alert = "FIRE " if r.drifted else "-    "
+        share = shares.get(r.start, float("nan"))
+        _say(f"{day:<10} {r.events:>6} {share:>4.0%}  {mix:<34} {f1:>5.2f}  {alert}  {drift}")
+        terms = ", ".join(term for term, _ in r.frequent_terms[:8])
         _say(f"{'':<10} top terms: {terms}")
 
 
@@ -119,8 +116,7 @@ def run_demo(
     quick: bool = False,
 ) -> int:
     """Run the whole story; returns 0 when days 5–7 were flagged and days 1–4 were not."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "windows.jsonl").unlink(missing_ok=True)
+    prepare_out(out, overwrite=True)  # a demo is a fresh run: the last one's windows go
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("embmon").setLevel(logging.WARNING)
     _say("1/5 training the seed's classifier (TF-IDF + MultinomialNB) on English topic text…")
@@ -157,12 +153,12 @@ def run_demo(
         )
         agent = Agent(settings)
         agent.run()
-    records = [r.to_json() for r in read_windows(agent.pipeline.log.path)]
+    records = list(read_windows(agent.pipeline.log.path))
     _table(records, scenario)
     _say("5/5 writing the report…")
     index = write_report(out / "windows.jsonl", out / "report")
     _say(f"    {out / 'windows.jsonl'}\n    {index}")
-    flagged = [r["drifted"] for r in records]
+    flagged = [r.drifted for r in records]
     expected = [False] * 4 + [True] * 3
     verdict = (
         "as in the seed: days 5–7 drifted, days 1–4 did not"
