@@ -19,6 +19,11 @@ Facts of kafka-python 3.x this module is built on (checked against a real Tansu 
   accepts a commit for a partition the member does not own: only commit held partitions.
 * Consumer groups join in about 3 s with the default timeouts below (about 23 s with
   kafka-python's own).
+* While the broker is down, ``commit()`` blocks up to ``request_timeout_ms`` (30 s) and then
+  raises ``KafkaTimeoutError``, or raises ``KafkaConnectionError`` when a metadata refresh
+  fails on the way (both retriable). ``poll()`` returns nothing meanwhile. Reconnect attempts
+  back off exponentially up to ``reconnect_backoff_max_ms`` (kafka-python: 30 s), which would
+  delay resuming by as much after the broker is back: it defaults to 1 s here.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from typing import Any, Literal
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    RetriableError,
+)
 
 from . import kafka_compat
 from .checkpoint import Checkpoint
@@ -56,7 +66,8 @@ class KafkaSettings:
     """Consumer settings; ``None`` leaves kafka-python's default.
 
     The group timeouts default to values that let a group form in about 3 s; raise
-    ``max_poll_interval_ms`` if closing windows between polls can take longer than it.
+    ``max_poll_interval_ms`` if closing windows between polls can take longer than it. A commit
+    waits at most half of it (see ``KafkaSource.commit``).
     ``extra`` passes any other ``KafkaConsumer`` option through (e.g. ``ssl_check_hostname``).
     """
 
@@ -68,6 +79,7 @@ class KafkaSettings:
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 10000
     max_poll_records: int = 500
+    reconnect_backoff_max_ms: int = 1000
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -109,6 +121,7 @@ class KafkaSettings:
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "max_poll_records": self.max_poll_records,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
             "auto_offset_reset": self.auto_offset_reset,
             "security_protocol": self.security_protocol,
         }
@@ -178,7 +191,7 @@ class KafkaSource:
     ) -> None:
         self._settings = settings
         self._idle_s = idle_ms / 1000
-        self._at_end_since: dict[TopicPartition, float] = {}
+        self._at_end_since: dict[TopicPartition, tuple[int, float]] = {}  # (position, since)
         self._stop: dict[TopicPartition, int] | None = None
         if until_end:
             self._stop = self.end_offsets()
@@ -208,11 +221,13 @@ class KafkaSource:
         return Poll(records, frozenset(revoked), MappingProxyType(dict(assigned)))
 
     def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
-        """Commit each checkpoint's offset with its metadata; False if the group moved on.
+        """Commit each checkpoint's offset with its metadata; False if the group moved on or
+        the broker is unreachable.
 
         A refused commit is harmless: commit again after the next ``poll``; partitions lost
         meanwhile come back from it as revoked, and their next owner resumes from the previous
-        commit.
+        commit. The wait is bounded by half of ``max_poll_interval_ms``, so a commit to a broker
+        that is down cannot by itself make this member miss its poll deadline.
         """
         if not checkpoints:
             return True
@@ -221,9 +236,12 @@ class KafkaSource:
             for tp, c in checkpoints.items()
         }
         try:
-            self._consumer.commit(payload)
+            self._consumer.commit(payload, timeout_ms=self._settings.max_poll_interval_ms // 2)
         except (CommitFailedError, RebalanceInProgressError) as exc:
             log.warning("offset commit refused, the group is rebalancing: %s", exc)
+            return False
+        except RetriableError as exc:  # KafkaTimeoutError, KafkaConnectionError, ...
+            log.warning("offset commit failed (broker unreachable?), retrying next turn: %s", exc)
             return False
         return True
 
@@ -259,9 +277,16 @@ class KafkaSource:
                 and highwater is not None
                 and position >= highwater
             )
-            if not at_end:
+            # The clock runs while the partition sits at its end at one position: records read
+            # meanwhile (say, a burst after an outage, all in one poll) restart it.
+            seen = self._at_end_since.get(tp)
+            if not at_end or seen is None or seen[0] != position:
+                seen = (int(position), now)
+            if at_end:
+                self._at_end_since[tp] = seen
+            else:
                 self._at_end_since.pop(tp, None)
-            since = self._at_end_since.setdefault(tp, now) if at_end else now
+            since = seen[1]
             # A high watermark is only as fresh as the partition's last fetch response read: a
             # partition with fetched records still buffered, or a fetch in flight, may well be
             # behind its reported high watermark. Only one at its end for a while is caught up.
