@@ -55,11 +55,18 @@ class Settings:
     )
     sasl_plain_username: str | None = field(default=None, metadata={"help": "SASL username"})
     sasl_plain_password: str | None = field(
-        default=None, metadata={"help": "SASL password (prefer the variable)"}
+        default=None, metadata={"help": "SASL password (prefer sasl_plain_password_file)"}
+    )
+    sasl_plain_password_file: str | None = field(
+        default=None,
+        metadata={"help": "file holding the SASL password (a mounted Secret); wins over the value"},
     )
     ssl_cafile: str | None = field(default=None, metadata={"help": "CA bundle for SSL"})
     ssl_certfile: str | None = field(default=None, metadata={"help": "client certificate for SSL"})
     ssl_keyfile: str | None = field(default=None, metadata={"help": "client key for SSL"})
+    ssl_check_hostname: bool = field(
+        default=True, metadata={"help": "verify that the broker certificate names its host"}
+    )
     fetch_max_bytes: int = field(default=52_428_800, metadata={"help": "max bytes per fetch"})
     max_partition_fetch_bytes: int = field(
         default=1_048_576, metadata={"help": "max bytes per partition per fetch"}
@@ -93,6 +100,13 @@ class Settings:
     metrics_port: int = field(
         default=9808, metadata={"help": "port of /metrics, /healthz, /readyz (0: none)"}
     )
+    metrics_web_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "web-config YAML for the endpoint: TLS and basic auth, as in Prometheus' "
+            "exporter toolkit"
+        },
+    )
     out: str = field(
         default="embmon-out", metadata={"help": "directory for windows.jsonl and closed profiles"}
     )
@@ -119,6 +133,18 @@ class Settings:
         default=50, metadata={"help": "distinct segment label values per model before folding"}
     )
     max_terms: int = field(default=10, metadata={"help": "frequent terms exported per window"})
+    term_labels: bool = field(
+        default=True,
+        metadata={"help": "export frequent terms as label values (off: no event text leaves)"},
+    )
+    max_open_windows: int = field(
+        default=5000,
+        metadata={"help": "open windows held at once; events needing one more are rejected"},
+    )
+    max_future: str = field(
+        default="1h",
+        metadata={"help": "events timestamped further ahead of the clock are rejected (0s: off)"},
+    )
     series_expiry_windows: int = field(
         default=24,
         metadata={
@@ -132,10 +158,22 @@ class Settings:
     dead_letter_topic: str | None = field(
         default=None, metadata={"help": "topic that receives rejected records (optional)"}
     )
+    dead_letter_rate: float = field(
+        default=100.0,
+        metadata={"help": "dead letters sent per second at most; the rest are counted, not sent"},
+    )
+    join_timeout: str = field(
+        default="60s",
+        metadata={"help": "leave and rejoin the group if a join has not completed after this"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
     def kafka_security(self) -> dict[str, Any]:
-        """The security keyword arguments for kafka-python (only those set)."""
+        """The security keyword arguments for kafka-python (only those set).
+
+        The SASL password comes from ``sasl_plain_password_file`` when that is set (read
+        here, at connect time, so a rotated Secret is picked up by the next connection).
+        """
         keys = (
             "security_protocol",
             "sasl_mechanism",
@@ -144,8 +182,31 @@ class Settings:
             "ssl_cafile",
             "ssl_certfile",
             "ssl_keyfile",
+            "ssl_check_hostname",
         )
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        found = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.sasl_plain_password_file:
+            found["sasl_plain_password"] = read_secret(self.sasl_plain_password_file)
+        return found
+
+    def __repr__(self) -> str:  # never print a secret
+        shown = {
+            f.name: "***" if f.name in _SECRETS and getattr(self, f.name) else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+_SECRETS = frozenset({"sasl_plain_password"})
+
+
+def read_secret(path: str | Path) -> str:
+    """The contents of a secret file, without its trailing newline; the error names the file only."""
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read secret file {path}: {reason}") from None
 
 
 _HINTS = get_type_hints(Settings)
@@ -182,6 +243,10 @@ def _convert(key: str, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if key == "fields":
             pairs = value.items() if isinstance(value, Mapping) else _split_pairs(value)
             return tuple((str(k), str(v)) for k, v in pairs)
@@ -191,7 +256,18 @@ def _convert(key: str, value: Any, source: str) -> Any:
             return tuple(part for part in parts if part)
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: invalid value {value!r} for {key}") from exc
+        shown = "(hidden)" if key in _SECRETS else repr(value)
+        raise ConfigError(f"{source}: invalid value {shown} for {key}") from exc
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    """Line and column of a YAML error, and what was wrong, never the text of the line
+    (it may hold a password)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _split_pairs(value: Any) -> list[tuple[str, str]]:
@@ -234,8 +310,10 @@ def load_settings(
     if path:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {_where(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         unknown = sorted(set(loaded) - known)
