@@ -30,7 +30,9 @@ class Driver:
     """Moves records from ``source`` through ``pipeline`` until stopped or finished.
 
     ``on_rejects(partition, rejects)`` sees every rejected record (dead letters);
-    ``on_turn()`` runs once per turn (liveness, progress).
+    ``before_commit()`` runs before each commit, which is skipped when it returns False (dead
+    letters not yet delivered: their records are read again); ``on_turn()`` runs once per
+    turn (liveness, progress).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class Driver:
         commit_every_s: float = 5.0,
         poll_timeout_ms: int = 500,
         on_rejects: Callable[[Partition, tuple[Reject, ...]], None] | None = None,
+        before_commit: Callable[[], bool] | None = None,
         on_turn: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -51,6 +54,7 @@ class Driver:
         self._commit_every = commit_every_s
         self._poll_timeout = poll_timeout_ms
         self._on_rejects = on_rejects
+        self._before_commit = before_commit
         self._on_turn = on_turn
         self._clock = clock
         self._last_commit = float("-inf")
@@ -103,6 +107,8 @@ class Driver:
     def _commit(self, *, force: bool) -> None:
         now = self._clock()
         if not force and now - self._last_commit < self._commit_every:
+            return
+        if self._before_commit is not None and not self._before_commit():
             return
         if self.source.commit(self.pipeline.store.commit_offsets()):
             self._last_commit = now
