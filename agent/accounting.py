@@ -43,6 +43,8 @@ class Accounting:
     _events: Counter[str] = field(default_factory=Counter)
     _rejected: Counter[str] = field(default_factory=Counter)
     _replayed: int = 0
+    _folded: int = 0
+    _persist_errors: int = 0
     _windows_closed: Counter[str] = field(default_factory=Counter)
     _latest: dict[tuple[str, SegmentKey], WindowRecord] = field(default_factory=dict)
     _lag: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -56,13 +58,21 @@ class Accounting:
         events: Mapping[str, int] = MappingProxyType({}),
         rejected: Mapping[str, int] = MappingProxyType({}),
         replayed: int = 0,
+        folded: int = 0,
+        persist_errors: int = 0,
         open_windows: int | None = None,
     ) -> None:
-        """Add what one batch of records came to (``open_windows``: the store's count after it)."""
+        """Add what one batch of records came to (``open_windows``: the store's count after it).
+
+        ``folded``: events windowed under ``other`` by the caps; ``persist_errors``: failed
+        attempts to persist windows.
+        """
         with self._lock:
             self._events.update(events)
             self._rejected.update(rejected)
             self._replayed += replayed
+            self._folded += folded
+            self._persist_errors += persist_errors
             if open_windows is not None:
                 self._open_windows = open_windows
 

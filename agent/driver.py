@@ -4,7 +4,9 @@ Each turn: poll; apply revocations, then assignments; decode each partition's re
 route them into windows; note positions (and lag); close due windows, evaluate and persist
 them; only then commit the checkpoints the window store says are safe; pause the partitions
 that run too far ahead in event time. A bounded source (a file, ``--until-end``) ends the loop
-once it is finished, with every window closed and committed. ``stop`` ends it after the
+once it is finished, with every window closed and committed. Closing is done in time-bounded
+chunks (``Pipeline.close``); while some are left the driver polls without waiting, so the
+consumer stays in its group however many windows close at once. ``stop`` ends it after the
 current turn; open windows are not emitted partially, their events are re-read by whoever
 resumes the group.
 """
@@ -58,21 +60,24 @@ class Driver:
         self._on_turn = on_turn
         self._clock = clock
         self._last_commit = float("-inf")
+        self._draining = False
 
     def run(self) -> None:
         """Turn until ``stop`` is set or the source is finished (then close everything)."""
         while not self.stop.is_set():
             self.turn()
             if self.source.finished():
-                self.pipeline.close(everything=True)
-                self._commit(force=True)
-                return
+                self._draining = True
+                if self.pipeline.done:
+                    self._commit(force=True)
+                    return
         self._commit(force=True)
 
     def turn(self) -> None:
         if self._on_turn is not None:
             self._on_turn()
-        poll = self.source.poll(self._poll_timeout)
+        busy = self.pipeline.behind or (self._draining and self.pipeline.store.open_windows > 0)
+        poll = self.source.poll(0 if busy else self._poll_timeout)
         self._apply_assignment(poll)
         self._ingest(poll.records)
         store = self.pipeline.store
@@ -82,7 +87,7 @@ class Driver:
         self.pipeline.accounting.set_lag(
             {tp: p.lag for tp, p in progress.items() if p.lag is not None}
         )
-        closed = self.pipeline.close()
+        closed = self.pipeline.close(everything=self._draining)
         self._commit(force=bool(closed))
         self.source.set_paused(store.paused_partitions())
 

@@ -5,6 +5,12 @@
 window. A window is persisted as its profile file, then its ledger line, then its
 ``windows.jsonl`` record (``agent.ledger`` says why in that order); only then may the driver
 commit the offsets it covered.
+
+Closing is bounded in time: a turn persists due windows for at most ``close_budget_s`` and
+leaves the rest for the next turns, so thousands of windows closing at once never keep the
+consumer from polling. A window that fails to persist (a full disk, a read-only volume) is
+held by the window store, which commits nothing past it, and is tried again each
+``retry_every_s``; the other windows go on.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from .accounting import Accounting
 from .decode import DecodedBatch, Decoder, RecordLike
 from .ledger import WindowLedger
 from .source import Partition
+from .window_caps import Caps
+from .window_types import ClosedWindow
 from .windows import WindowKey, WindowStore
 
 __all__ = ["Pipeline"]
 
 log = logging.getLogger("embmon")
 _LOGGED_PER_REASON = 5
+_CLOSE_CHUNK = 32
 
 
 class Pipeline:
@@ -58,6 +67,11 @@ class Pipeline:
         max_windows_ahead: int = 3,
         accounting: Accounting | None = None,
         on_close: Callable[[WindowRecord], None] | None = None,
+        caps: Caps | None = None,
+        revoked_hold_s: float = 30.0,
+        close_budget_s: float = 1.0,
+        retry_every_s: float = 5.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reference = reference
         self.decoder = decoder
@@ -71,7 +85,15 @@ class Pipeline:
         self.accounting.reference_f1 = reference.classification_f1
         self.on_close = on_close
         self._window_seconds = int(window.total_seconds())
-        self._recover()
+        self._close_budget = close_budget_s
+        self._retry_every = retry_every_s
+        self._timer = timer
+        self._retry_at = float("-inf")
+        self._caps = caps or Caps()
+        self._logged: Counter[str] = Counter()
+        self._log_behind = not self._recover()
+        self.behind = False
+        """The last ``close`` ran out of time with due windows left."""
         self.store: WindowStore[WindowProfile, EventBatch] = WindowStore(
             window=window,
             factory=self._new_profile,
@@ -80,8 +102,10 @@ class Pipeline:
             time_mode=time_mode,
             clock=clock,
             max_windows_ahead=max_windows_ahead,
+            caps=caps,
+            revoked_hold_s=revoked_hold_s,
+            timer=timer,
         )
-        self._logged: Counter[str] = Counter()
 
     def _new_profile(self, key: WindowKey) -> WindowProfile:
         return self.reference.new_profile()
@@ -90,40 +114,71 @@ class Pipeline:
         """Decode one partition's records and route the good events into windows."""
         decoded = self.decoder.decode(records)
         for reject in decoded.rejects:
-            if self._logged[reject.reason] < _LOGGED_PER_REASON:
-                self._logged[reject.reason] += 1
-                log.warning(
-                    "rejected record %s/%s offset %s (%s): %s",
-                    partition[0],
-                    partition[1],
-                    reject.offset,
-                    reject.reason,
-                    reject.detail,
-                )
-        late = replayed = 0
-        added: Counter[str] = Counter()
+            self._warn(
+                reject.reason,
+                "rejected record %s/%s offset %s (%s): %s",
+                partition[0],
+                partition[1],
+                reject.offset,
+                reject.reason,
+                reject.detail,
+            )
         groups = [(g.model, g.segment, g.batch, g.offsets) for g in decoded.groups]
         results = self.store.add_groups(partition, groups)
+        added: Counter[str] = Counter()
+        rejected = decoded.reject_counts
+        replayed = folded = 0
         for group, result in zip(decoded.groups, results, strict=True):
             added[group.model] += result.added
-            late += result.late
-            replayed += result.skipped
-        rejected = decoded.reject_counts
-        if late:
-            rejected["late"] += late
+            rejected["late"] += result.late
+            rejected["too_many_windows"] += result.refused
+            replayed += result.skipped + result.again
+            folded += result.folded
+            if result.folded:
+                self._warn_fold(group.model, group.segment.label)
+            if result.refused:
+                self._warn(
+                    "too_many_windows",
+                    "rejected %d event(s) of %s: %d windows are open (max_open_windows)",
+                    result.refused,
+                    group.model,
+                    self._caps.max_windows,
+                )
         self.accounting.count(
-            events=added, rejected=rejected, replayed=replayed, open_windows=self.store.open_windows
+            events=+added,
+            rejected=+rejected,
+            replayed=replayed,
+            folded=folded,
+            open_windows=self.store.open_windows,
         )
         return decoded
 
     def close(self, everything: bool = False) -> list[WindowRecord]:
-        """Close what is due (or everything), evaluate and persist; returns the new records."""
-        closed = self.store.close_all() if everything else self.store.close_ready()
-        for window in closed:
-            self.sink.write(window.key.model, window.key.segment, window.key.start, window.profile)
-        self.ledger.append(window.key for window in closed)
-        records = [self._record(window.key, window.end, window.profile) for window in closed]
-        self.log.append(records)
+        """Close what is due (or everything) and persist it, for at most ``close_budget_s``;
+        returns the records persisted. Windows left over come out of the next calls."""
+        deadline = self._timer() + self._close_budget
+        if self._log_behind:
+            self._log_behind = not self._recover()
+        self.behind = False
+        """The last ``close`` ran out of time with due windows left."""
+        pending: list[ClosedWindow[WindowProfile]] = []
+        if self.store.held and self._timer() >= self._retry_at:
+            pending = self.store.take_held()
+        records: list[WindowRecord] = []
+        self.behind = False
+        while True:
+            chunk = pending or (
+                self.store.close_all(_CLOSE_CHUNK)
+                if everything
+                else self.store.close_ready(_CLOSE_CHUNK)
+            )
+            pending = []
+            if not chunk:
+                break
+            records += self._persist(chunk)
+            if self._timer() >= deadline:
+                self.behind = True
+                break
         self.accounting.closed(
             records, open_windows=self.store.open_windows, watermark=self.store.watermark()
         )
@@ -132,18 +187,86 @@ class Pipeline:
                 self.on_close(record)
         return records
 
+    @property
+    def done(self) -> bool:
+        """No window is open or waiting to be persisted again."""
+        return not self.store.open_windows and not self.store.held
+
+    def _persist(self, windows: list[ClosedWindow[WindowProfile]]) -> list[WindowRecord]:
+        """Profile files, then ledger lines, then log records; what fails is held."""
+        written: list[ClosedWindow[WindowProfile]] = []
+        failed: list[ClosedWindow[WindowProfile]] = []
+        for window in windows:
+            key = window.key
+            try:
+                self.sink.write(key.model, key.segment, key.start, window.profile)
+            except OSError as exc:
+                self._persist_failed(f"window {key.model} {key.start}", exc)
+                failed.append(window)
+            else:
+                written.append(window)
+        try:
+            self.ledger.append(window.key for window in written)
+        except OSError as exc:
+            self._persist_failed(f"ledger ({len(written)} windows)", exc)
+            failed += written
+            written = []
+        self.store.hold(failed)
+        records = [self._record(w.key, w.end, w.profile) for w in written]
+        try:
+            self.log.append(records)
+        except OSError as exc:
+            # The windows are persisted (their profiles and ledger lines are); the log is
+            # written again from them by the next close.
+            self._persist_failed(f"windows.jsonl ({len(records)} records)", exc)
+            self._log_behind = True
+        return records
+
+    def _persist_failed(self, what: str, exc: OSError) -> None:
+        self.accounting.count(persist_errors=1)
+        self._retry_at = self._timer() + self._retry_every
+        self._warn(
+            "persist",
+            "could not persist %s, trying again in %.0f s: %s",
+            what,
+            self._retry_every,
+            exc,
+        )
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        """Log the first few warnings of each kind (the counters count them all)."""
+        if self._logged[kind] < _LOGGED_PER_REASON:
+            self._logged[kind] += 1
+            log.warning(message, *args)
+
+    def _warn_fold(self, model: str, segment: str) -> None:
+        caps = self._caps
+        self._warn(
+            "folded",
+            "windowing events of model %r segment %r as 'other': more than %d models, or %d "
+            "segments of a model, have open windows (max_models, max_segments)",
+            model,
+            segment,
+            caps.max_models,
+            caps.max_segments,
+        )
+
     def _record(self, key: WindowKey, end: int, profile: WindowProfile) -> WindowRecord:
         drift = evaluate(profile, self.reference)
         return WindowRecord.from_profile(key.model, key.segment, key.start, end, profile, drift)
 
-    def _recover(self) -> None:
-        """Write the records of windows persisted just before a crash cut off their log line."""
+    def _recover(self) -> bool:
+        """Write the records of windows persisted just before a crash (or a failed append)
+        cut off their log line; False if that failed too."""
         missing = self.ledger.missing_from(self.log.path)
         if missing:
-            log.warning(
-                "writing %d window record(s) a crash left out of windows.jsonl", len(missing)
+            log.warning("writing %d window record(s) missing from windows.jsonl", len(missing))
+        try:
+            self.log.append(
+                self._record(key, key.start + self._window_seconds, self.sink.read(*key))
+                for key in missing
             )
-        self.log.append(
-            self._record(key, key.start + self._window_seconds, self.sink.read(*key))
-            for key in missing
-        )
+        except OSError as exc:
+            self._persist_failed(f"windows.jsonl ({len(missing)} records)", exc)
+            return False
+        return True

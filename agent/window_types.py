@@ -7,8 +7,10 @@ tested with tiny stand-ins and never depends on the sketches.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
 import numpy as np
@@ -65,11 +67,15 @@ class WindowKey(NamedTuple):
 
 @dataclass(frozen=True)
 class ClosedWindow(Generic[P]):
-    """A closed window and its final profile (merged over partitions)."""
+    """A closed window, its final profile (merged over partitions), and the smallest offset
+    of its events in each partition (what its commit must not pass until it is persisted)."""
 
     key: WindowKey
     end: int
     profile: P
+    min_offsets: Mapping[tuple[str, int], int] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
 
     @property
     def start_time(self) -> datetime:
@@ -86,8 +92,18 @@ class ClosedWindow(Generic[P]):
 
 @dataclass(frozen=True)
 class AddResult:
-    """How the rows of one ``add`` were accounted for; they sum to the rows given."""
+    """How the rows of one ``add`` were accounted for: ``added + late + skipped + refused +
+    again`` is the rows given, and ``folded`` is part of ``added``.
+
+    ``again`` counts rows this store had already counted (read again after a revocation of
+    its own); they are routed like any row but counted only there. Of the others: ``added``
+    to windows (``folded`` of them under ``other``, see ``agent.window_caps``), ``late``,
+    ``skipped`` (re-reads of persisted windows) or ``refused`` (no room for another window).
+    """
 
     added: int = 0
     late: int = 0
     skipped: int = 0
+    refused: int = 0
+    folded: int = 0
+    again: int = 0

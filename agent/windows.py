@@ -66,12 +66,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Generic, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.checkpoint import Checkpoint
+from agent.window_caps import Caps, OpenKeys
 from agent.window_types import AddResult, B, Batch, ClosedWindow, P, Profile, WindowKey
 from exporters.records import SegmentKey
 
@@ -124,6 +126,9 @@ class WindowStore(Generic[P, B]):
         time_mode: Literal["event", "processing"] = "event",
         clock: Callable[[], float] = time.time,
         max_windows_ahead: int = 3,
+        caps: Caps | None = None,
+        revoked_hold_s: float = 30.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         size = window.total_seconds()
         if size < 1 or size != int(size):
@@ -143,8 +148,14 @@ class WindowStore(Generic[P, B]):
         self._max_ahead = max_windows_ahead
         self._partitions: dict[Partition, _PartitionState[P]] = {}
         self._read_through: dict[Partition, int] = {}
+        self._counted_through: dict[Partition, int] = {}
         self._closed_through: int | None = None
         self._paused: frozenset[Partition] = frozenset()
+        self._keys = OpenKeys(caps or Caps())
+        self._held: dict[WindowKey, ClosedWindow[P]] = {}
+        self._ghosts: dict[Partition, tuple[float, float]] = {}  # (watermark, until)
+        self._hold_s = revoked_hold_s
+        self._timer = timer
 
     @property
     def closed_through(self) -> int | None:
@@ -158,26 +169,45 @@ class WindowStore(Generic[P, B]):
     @property
     def open_windows(self) -> int:
         """Open (model, segment, window) triples, over all partitions."""
-        return len({key for state in self._partitions.values() for key in state.slots})
+        return len(self._keys)
 
     def assign(self, partition: Partition, checkpoint: Checkpoint | None) -> None:
         """Take ``partition`` on, resuming from its committed ``checkpoint`` (None: none)."""
         if partition in self._partitions:
             raise ValueError(f"partition {partition} is already assigned; revoke it first")
+        self._ghosts.pop(partition, None)
         self._partitions[partition] = _PartitionState(
             skip_through=None if checkpoint is None else checkpoint.closed_through
         )
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
-        """Drop the open state of ``partitions``; their next owner re-reads it."""
+        """Drop the open state of ``partitions``; their next owner re-reads it.
+
+        For ``revoked_hold_s`` the partition still holds the watermark back, at the oldest
+        window it had open: a partition that comes back soon (a member that joined for a
+        moment, an eager rebalance) finds its windows still open, and its re-read events are
+        not late.
+        """
         for partition in partitions:
             state = self._partitions.pop(partition, None)
-            if state is not None:
-                # Events from the oldest dropped one on were not handled here after all.
-                dropped = [slot.min_offset for slot in state.slots.values()]
-                self._read_through[partition] = min(
-                    [self._read_through.get(partition, 0), *dropped]
-                )
+            if state is None:
+                continue
+            # Events from the oldest dropped one on were not handled here after all.
+            dropped = [slot.min_offset for slot in state.slots.values()]
+            self._read_through[partition] = min([self._read_through.get(partition, 0), *dropped])
+            for key in state.slots:
+                self._keys.closed(key)
+            hold = self._ghost_mark(state)
+            if hold is not None and self._hold_s > 0:
+                self._ghosts[partition] = (hold, self._timer() + self._hold_s)
+
+    def _ghost_mark(self, state: _PartitionState[P]) -> float | None:
+        """The watermark a revoked partition keeps holding: none once caught up, else at most
+        the oldest open window's start plus lateness (so that window does not close)."""
+        if self._processing or state.caught_up or state.watermark is None:
+            return None
+        starts = [key.start for key in state.slots]
+        return min([state.watermark, *(s + self._lateness for s in starts)])
 
     def add(
         self,
@@ -207,14 +237,16 @@ class WindowStore(Generic[P, B]):
         times = [self._times(batch) for _, _, batch, _ in groups]
         before = self._watermarks_before(state, offsets, times)
         read_before = self._read_through.get(partition, 0)
+        counted = self._counted_through.get(partition, 0)
         results = [
-            self._route(state, model, segment, batch, offs, when, mark, read_before)
+            self._route(state, model, segment, batch, offs, when, mark, read_before, counted)
             for (model, segment, batch, _), offs, when, mark in zip(
                 groups, offsets, times, before, strict=True
             )
         ]
         tops = [int(offs.max()) + 1 for offs in offsets if offs.size]
         self._read_through[partition] = max([read_before, *tops])
+        self._counted_through[partition] = max([counted, *tops])
         return results
 
     def _times(self, batch: B) -> npt.NDArray[np.float64]:
@@ -258,10 +290,12 @@ class WindowStore(Generic[P, B]):
         times: npt.NDArray[np.float64],
         before: npt.NDArray[np.float64],
         read_before: int,
+        counted: int,
     ) -> AddResult:
         n = len(batch)
         if n == 0:
             return AddResult()
+        model, segment, folded = self._keys.admit(model, segment)
         starts = np.floor(times / self._size).astype(np.int64) * self._size
         ends = starts + self._size
         late = ends + self._lateness <= before
@@ -274,7 +308,7 @@ class WindowStore(Generic[P, B]):
             late |= closed
         late &= ~skipped
         keep = ~(skipped | late)
-        added = 0
+        refused = np.zeros(n, dtype=bool)
         for start in np.unique(starts[keep]).tolist():
             key = WindowKey(model, segment, int(start))
             rows = np.flatnonzero(keep & (starts == start))
@@ -284,12 +318,24 @@ class WindowStore(Generic[P, B]):
             slot = state.slots.get(key)
             low = int(offs[rows].min())
             if slot is None:
+                if key not in self._keys and not self._keys.has_room():
+                    refused[rows] = True
+                    continue
                 slot = state.slots[key] = _Slot(self._factory(key), low)
+                self._keys.opened(key)
             else:
                 slot.min_offset = min(slot.min_offset, low)
             slot.profile.update(batch if rows.size == n else batch.take(rows))
-            added += int(rows.size)
-        return AddResult(added=added, late=int(late.sum()), skipped=int(skipped.sum()))
+        fresh = offs >= counted
+        added = keep & ~skipped & ~refused & fresh
+        return AddResult(
+            added=int(added.sum()),
+            late=int((late & fresh).sum()),
+            skipped=int((skipped & fresh).sum()),
+            refused=int((refused & fresh).sum()),
+            folded=int(added.sum()) if folded else 0,
+            again=int((~fresh).sum()),
+        )
 
     def advance(self, partition: Partition, position: int, *, caught_up: bool) -> None:
         """Record the consumer's position after this poll's records were added.
@@ -303,43 +349,93 @@ class WindowStore(Generic[P, B]):
         self._read_through[partition] = max(self._read_through.get(partition, 0), position)
 
     def watermark(self) -> float | None:
-        """The global watermark (epoch seconds); None until every lagging partition has data."""
+        """The global watermark (epoch seconds); None until every lagging partition has data.
+
+        Partitions revoked within ``revoked_hold_s`` count as lagging, at their held mark.
+        """
         if self._processing:
             return self._clock()
+        now = self._timer()
+        self._ghosts = {p: g for p, g in self._ghosts.items() if g[1] > now}
         lagging = [s.watermark for s in self._partitions.values() if not s.caught_up]
+        lagging += [mark for mark, _ in self._ghosts.values()]
         if lagging:
             return None if None in lagging else min(w for w in lagging if w is not None)
         marks = [s.watermark for s in self._partitions.values() if s.watermark is not None]
         return max(marks) if marks else None
 
-    def close_ready(self) -> list[ClosedWindow[P]]:
-        """Close, in time order, every window the global watermark has passed by ``lateness``."""
-        mark = self.watermark()
-        if mark is None:
-            return []
-        through = math.floor((mark - self._lateness) / self._size) * self._size
-        if self._closed_through is not None and through <= self._closed_through:
-            return []
-        self._closed_through = through
-        return self._close(lambda key: key.start + self._size <= through)
+    def close_ready(self, limit: int | None = None) -> list[ClosedWindow[P]]:
+        """Close, in time order, windows the global watermark has passed by ``lateness``.
 
-    def close_all(self) -> list[ClosedWindow[P]]:
+        At most ``limit`` windows (oldest first) are closed per call, so a caller can keep
+        polling between chunks; the rest stay open, hold their offsets, and come out of the
+        next calls.
+        """
+        mark = self.watermark()
+        if mark is not None:
+            through = math.floor((mark - self._lateness) / self._size) * self._size
+            if self._closed_through is None or through > self._closed_through:
+                self._closed_through = through
+        if self._closed_through is None:
+            return []
+        through = self._closed_through
+        return self._close(lambda key: key.start + self._size <= through, limit)
+
+    def close_all(self, limit: int | None = None) -> list[ClosedWindow[P]]:
         """Close every open window (end of ``--until-end`` or of a replay), in time order."""
-        closed = self._close(lambda key: True)
+        closed = self._close(lambda key: True, limit)
         if closed:
             newest = max(window.end for window in closed)
             if self._closed_through is None or newest > self._closed_through:
                 self._closed_through = newest
         return closed
 
+    def hold(self, windows: Iterable[ClosedWindow[P]]) -> None:
+        """Keep closed windows that could not be persisted: their offsets are not committed
+        past, and ``take_held`` hands them out again for another try."""
+        for window in windows:
+            self._held[window.key] = window
+
+    def take_held(self) -> list[ClosedWindow[P]]:
+        """The windows given to ``hold``, oldest first; the caller persists or holds them."""
+        held = sorted(
+            self._held.values(), key=lambda w: (w.key.start, w.key.model, w.key.segment.pairs)
+        )
+        self._held = {}
+        return held
+
+    @property
+    def held(self) -> int:
+        """Closed windows waiting to be persisted again."""
+        return len(self._held)
+
     def commit_offsets(self) -> dict[Partition, Checkpoint]:
-        """Per partition with a known position, the checkpoint it is safe to commit now."""
+        """Per partition with a known position, the checkpoint it is safe to commit now.
+
+        The offset is below every event of an open or held window; the checkpoint's
+        ``closed_through`` stops short of the oldest window that is due or held but not yet
+        persisted (it says every window ending at or before it is persisted).
+        """
+        persisted = self._closed_through
+        if persisted is not None:
+            waiting = [w.key.start for w in self._held.values()]
+            waiting += [
+                key.start
+                for state in self._partitions.values()
+                for key in state.slots
+                if key.start + self._size <= persisted
+            ]
+            persisted = min([persisted, *waiting])
         checkpoints: dict[Partition, Checkpoint] = {}
         for partition, state in self._partitions.items():
             if state.position is None:
                 continue
-            offset = min([s.min_offset for s in state.slots.values()] + [state.position])
-            known = [t for t in (self._closed_through, state.skip_through) if t is not None]
+            lows = [s.min_offset for s in state.slots.values()]
+            lows += [
+                w.min_offsets[partition] for w in self._held.values() if partition in w.min_offsets
+            ]
+            offset = min([*lows, state.position])
+            known = [t for t in (persisted, state.skip_through) if t is not None]
             checkpoints[partition] = Checkpoint(offset, max(known) if known else None)
         return checkpoints
 
@@ -373,17 +469,26 @@ class WindowStore(Generic[P, B]):
         except KeyError:
             raise ValueError(f"partition {partition} is not assigned; assign() it first") from None
 
-    def _close(self, ready: Callable[[WindowKey], bool]) -> list[ClosedWindow[P]]:
-        parts: dict[WindowKey, list[P]] = {}
-        for partition in sorted(self._partitions):
-            slots = self._partitions[partition].slots
-            for key in [key for key in slots if ready(key)]:
-                parts.setdefault(key, []).append(slots.pop(key).profile)
-        self._ledger.update(parts)
-        return [
-            ClosedWindow(key, key.start + self._size, functools.reduce(_merge, parts[key]))
-            for key in sorted(parts, key=lambda k: (k.start, k.model, k.segment))
-        ]
+    def _close(
+        self, ready: Callable[[WindowKey], bool], limit: int | None
+    ) -> list[ClosedWindow[P]]:
+        due = sorted(
+            {key for state in self._partitions.values() for key in state.slots if ready(key)},
+            key=lambda k: (k.start, k.model, k.segment.pairs),
+        )[:limit]
+        closed = []
+        for key in due:
+            profiles, lows = [], {}
+            for partition in sorted(self._partitions):
+                slot = self._partitions[partition].slots.pop(key, None)
+                if slot is not None:
+                    profiles.append(slot.profile)
+                    lows[partition] = slot.min_offset
+                    self._keys.closed(key)
+            merged = functools.reduce(_merge, profiles)
+            closed.append(ClosedWindow(key, key.start + self._size, merged, MappingProxyType(lows)))
+        self._ledger.update(due)
+        return closed
 
 
 def _merge(left: P, right: P) -> P:

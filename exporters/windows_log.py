@@ -51,11 +51,23 @@ class WindowsLog:
 
 
 def append_lines(path: Path, lines: Iterable[bytes]) -> None:
-    """Append whole lines in one ``write``, then fsync: after a crash, at most a torn last line."""
+    """Append whole lines in one ``write``, then fsync: after a crash, at most a torn last line;
+    after an error, nothing."""
     payload = b"".join(line + b"\n" for line in lines)
     if not payload:
         return
-    with open(path, "ab") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            # A short write (a full disk) must not leave a torn line for the next append to
+            # run into: cut back to where this one started, then let the caller retry.
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)

@@ -12,6 +12,7 @@ import pytest
 
 from agent.checkpoint import Checkpoint
 from agent.durations import parse_duration
+from agent.window_caps import Caps
 from agent.windows import AddResult, ClosedWindow, WindowKey, WindowStore
 from exporters.records import SegmentKey
 from sketches.batch import EventBatch
@@ -168,7 +169,7 @@ def test_restart_skips_windows_before_the_checkpoint_and_in_the_ledger() -> None
 
 
 def test_revoke_drops_state_and_reread_of_closed_windows_is_skipped_not_late() -> None:
-    s = store()
+    s = store(revoked_hold_s=0)  # P0 is gone for good: windows close without it
     s.assign(P0, None)
     s.assign(P1, None)
     feed(s, P0, [10, 70], 0)
@@ -184,9 +185,35 @@ def test_revoke_drops_state_and_reread_of_closed_windows_is_skipped_not_late() -
     s.assign(P0, Checkpoint(0, None))  # back again, re-read from the committed offset
     with pytest.raises(ValueError, match="already assigned"):
         s.assign(P0, None)
-    # t=10 was in the persisted [0, 60): skipped; t=70 was dropped and missed its window: late
-    assert feed(s, P0, [10, 70, 140], 0) == AddResult(added=1, late=1, skipped=1)
+    # t=10 was in the persisted [0, 60): skipped; t=70 was dropped and missed its window:
+    # late; both were counted before the revocation, so they count as read again only.
+    assert feed(s, P0, [10, 70, 140], 0) == AddResult(added=1, again=2)
     assert feed(s, P0, [30], 3) == AddResult(late=1)  # never read before: late
+    assert summary(s.close_all()) == [("m", 120, [1, 2, 2])]
+
+
+def test_a_partition_revoked_for_a_moment_finds_its_windows_open() -> None:
+    now = [0.0]
+    s = store(revoked_hold_s=30, timer=lambda: now[0])
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [10, 300], 0)  # P0 runs ahead
+    feed(s, P1, [20, 70], 0)  # P1 holds [0, 60) and [60, 120) open
+    assert summary(s.close_ready()) == [("m", 0, [0, 0])]
+    s.revoke([P1])  # a member joins for a moment and takes P1
+    feed(s, P0, [400], 2)
+    assert s.close_ready() == []  # P1's open [60, 120) holds the watermark at 60
+    s.assign(P1, Checkpoint(1, 60))
+    assert feed(s, P1, [70, 80, 200], 1) == AddResult(added=2, again=1)  # none late
+    now[0] = 100.0  # long gone now, and held no more: only P0 and P1's new state count
+    feed(s, P1, [420], 4)
+    assert summary(s.close_ready()) == [("m", 60, [1, 2]), ("m", 180, [3]), ("m", 300, [1])]
+    s.revoke([P1])  # held at 420, where its open [420, 480) starts
+    feed(s, P0, [500], 3)
+    assert summary(s.close_ready()) == [("m", 360, [2])]
+    now[0] = 131.0  # P1's hold expired: windows close without it
+    assert summary(s.close_ready()) == []  # [420, 480) was P1's alone, dropped
+    assert s.closed_through == 480
 
 
 def test_revoked_partition_never_reaches_a_closed_window() -> None:
@@ -377,3 +404,52 @@ def test_sigkill_with_late_events_loses_only_late_ones(seed: int, keep_metadata:
     missing = behind - counted
     assert missing, "the scenario should produce late events"
     assert world.late > 0
+
+
+def test_caps_fold_models_and_segments_and_refuse_windows_in_the_window_state() -> None:
+    s = store(caps=Caps(max_models=2, max_segments=2, max_windows=5))
+    s.assign(P0, None)
+    for i, model in enumerate(["a", "b", "c", "d"]):
+        result = s.add(P0, model, NONE, rows([10.0], [i]), [i])
+        assert result == (AddResult(added=1) if i < 2 else AddResult(added=1, folded=1))
+    eu, us = SegmentKey.of({"region": "eu"}), SegmentKey.of({"region": "us"})
+    assert s.add(P0, "a", eu, rows([20.0], [4]), [4]) == AddResult(added=1)
+    assert s.add(P0, "a", us, rows([30.0], [5]), [5]) == AddResult(added=1, folded=1)
+    assert s.open_windows == 5  # a, b, other; a/region=eu, a/region=other
+    assert s.add(P0, "a", NONE, rows([70.0], [6]), [6]) == AddResult(refused=1)  # a 6th window
+    s.advance(P0, 7, caught_up=True)
+    closed = {(w.key.model, w.key.segment.label): sorted(w.profile.ids) for w in s.close_all()}
+    assert closed == {
+        ("a", ""): [0],
+        ("b", ""): [1],
+        ("other", ""): [2, 3],
+        ("a", "region=eu"): [4],
+        ("a", "region=other"): [5],
+    }
+    assert s.open_windows == 0  # closing frees the caps
+    assert s.add(P0, "c", NONE, rows([130.0], [7]), [7]) == AddResult(added=1)
+
+
+def test_closing_in_chunks_commits_only_what_is_persisted() -> None:
+    s = store()
+    s.assign(P0, None)
+    feed(s, P0, [10, 70, 130, 190], 0, caught_up=True)
+    first = s.close_ready(limit=2)
+    assert summary(first) == [("m", 0, [0]), ("m", 60, [1])]
+    assert s.closed_through == 180  # [120, 180) is due, not yet out: not committed past
+    assert s.commit_offsets()[P0] == Checkpoint(2, 120)
+    assert feed(s, P0, [150], 4) == AddResult(late=1)  # due windows take no new events
+    assert summary(s.close_ready(limit=2)) == [("m", 120, [2])]
+    assert s.commit_offsets()[P0] == Checkpoint(3, 180)
+
+
+def test_a_window_that_failed_to_persist_is_held_and_holds_its_commit() -> None:
+    s = store()
+    s.assign(P0, None)
+    feed(s, P0, [10, 70, 130], 0, caught_up=True)
+    failed, ok = s.close_ready()
+    s.hold([failed])
+    assert s.held == 1
+    assert s.commit_offsets()[P0] == Checkpoint(0, 0)  # [0, 60) is not persisted yet
+    assert summary(s.take_held()) == [("m", 0, [0])]
+    assert s.commit_offsets()[P0] == Checkpoint(2, 120)
