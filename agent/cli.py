@@ -19,6 +19,7 @@ from .config import add_settings_flags
 from .durations import parse_duration
 from .fields import FieldMap
 from .progress import Progress
+from .window_caps import Caps
 
 __all__ = ["main"]
 
@@ -77,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         "--openmetrics", help="also write the series with timestamps to this OpenMetrics file"
     )
     rep.add_argument("--quiet", action="store_true", help="no table, no progress")
+    caps = Caps()
+    rep.add_argument(
+        "--max-models", type=int, default=caps.max_models, help="models windowed, then 'other'"
+    )
+    rep.add_argument(
+        "--max-segments",
+        type=int,
+        default=caps.max_segments,
+        help="segments windowed per model, then 'other'",
+    )
+    rep.add_argument(
+        "--max-open-windows",
+        type=int,
+        default=caps.max_windows,
+        help="windows open at once; events needing more are rejected",
+    )
     rerun = rep.add_mutually_exclusive_group()
     rerun.add_argument(
         "--overwrite", action="store_true", help="replace the output of an earlier run in --out"
@@ -184,6 +201,7 @@ def _replay(args: argparse.Namespace) -> int:
         resume=args.resume,
         on_close=None if args.quiet else (lambda record: print(format_row(record), flush=True)),
         show_progress=not args.quiet,
+        caps=Caps(args.max_models, args.max_segments, args.max_open_windows),
     )
     drifted = sum(1 for w in summary.windows if w.drifted)
     print(

@@ -18,6 +18,7 @@ from .file_source import FileSource
 from .ledger import prepare_out
 from .pipeline import Pipeline
 from .progress import Progress
+from .window_caps import Caps
 
 __all__ = ["ReplaySummary", "replay"]
 
@@ -45,13 +46,15 @@ def replay(
     resume: bool = False,
     on_close: Callable[[WindowRecord], None] | None = None,
     show_progress: bool = True,
+    caps: Caps | None = None,
 ) -> ReplaySummary:
     """Window a file's events like the live agent and write ``out_dir/windows.jsonl``.
 
     Windows close as event time advances past them plus ``lateness`` (default: one window, so
     mildly unordered files lose nothing); events older than that are counted as late. An
     ``out_dir`` holding an earlier run's output is refused unless ``overwrite`` (start again)
-    or ``resume`` (continue it: windows already persisted are not emitted again).
+    or ``resume`` (continue it: windows already persisted are not emitted again). ``caps``
+    bound the models, segments and open windows as in the live agent (``agent.window_caps``).
     """
     out = prepare_out(out_dir, overwrite=overwrite, resume=resume)
     source = FileSource(input_path, chunk_size=chunk_size)
@@ -72,6 +75,7 @@ def replay(
         lateness=window if lateness is None else lateness,
         accounting=accounting,
         on_close=closed,
+        caps=caps,
     )
     progress = (
         Progress(f"replaying {source.partition[0][5:]}", total=source.size, unit=" B")

@@ -43,7 +43,7 @@ CHILD = textwrap.dedent(
     runner = agent.run.Agent(load_settings(None, env={}, flags=flags))
     partition = ("events", 0)
     runner.pipeline.store.assign(partition, None)
-    events = [{"timestamp": 1_800_000_000 + i, "model": "m", "embedding": [0.1 * i] * 8}
+    events = [{"timestamp": 1_700_000_000 + i, "model": "m", "embedding": [0.1 * i] * 8}
               for i in range(20)]
     records = [RawRecord(orjson.dumps(e), -1, 0, i) for i, e in enumerate(events)]
     runner.pipeline.ingest(partition, records)
