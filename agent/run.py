@@ -34,6 +34,7 @@ from .kafka_source import KafkaSettings, KafkaSource
 from .ledger import prepare_out
 from .pipeline import Pipeline
 from .source import Partition
+from .window_caps import Caps
 
 __all__ = ["Agent", "run", "run_from_args"]
 
@@ -86,6 +87,7 @@ class Agent:
             max_windows_ahead=settings.watermark_lead_windows,
             accounting=self.accounting,
             on_close=lambda record: log.info("window closed: %s", format_row(record)),
+            caps=Caps(settings.max_models, settings.max_segments, settings.max_open_windows),
         )
         self.stop = threading.Event()
         self._dead_letters: KafkaProducer | None = None
