@@ -174,3 +174,38 @@ def test_a_window_that_cannot_be_persisted_holds_its_offsets_and_spares_the_othe
         assert committed is None or committed <= 40, "no commit past the blocked window"
         obstacle.rmdir()
         wait_for(lambda: window_counts(out) == want, "the blocked window", agents=[agent])
+
+
+def test_a_flood_of_model_names_is_folded_in_the_window_state(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """300 model names, one event each, with ``--max-models 5``: five models and ``other``
+    get windows; every event is in one of them."""
+    reference = digits_reference(tmp_path_factory)
+    flood = [
+        e
+        for k in range(300)
+        for e in digits_events(windows=1, per_window=1, window_s=MINUTE, seed=k, model=f"f{k}")
+    ]
+    sentinel = digits_events(windows=1, per_window=1, start=T0 + 3600, seed=7, model="f0")
+    topic = new_topic(kafka_bootstrap, 1, prefix="flood")
+    produce(kafka_bootstrap, topic, [(0, e.value, None) for e in flood + sentinel])
+    agent = AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=topic,
+        group=f"g-{uuid.uuid4().hex[:8]}",
+        reference=reference,
+        out=tmp_path / "out",
+        window="1m",
+        extra=["--max-models", "5"],
+    )
+    with agent:
+        wait_for(
+            lambda: sum(window_counts(agent.out).values()) >= len(flood),
+            "the flood's window closed",
+            agents=[agent],
+        )
+        counts = window_counts(agent.out)
+        log = agent.log_text()
+    assert counts == Counter({**{(f"f{k}", iso(T0)): 1 for k in range(5)}, ("other", iso(T0)): 295})
+    assert "as 'other'" in log
