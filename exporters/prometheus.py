@@ -5,10 +5,19 @@ partitions or terms that are gone simply vanish. Label cardinality is bounded he
 only: models beyond ``max_models`` and, per model, segments beyond ``max_segments`` are folded
 into ``other`` (and counted); terms are the top ``max_terms``. All values are base units:
 ratios 0–1, timestamps in seconds.
+
+Frequent terms are event text, so they are the one label that can carry user data verbatim.
+``term_labels=False`` exports none of them (``embmon_frequent_term_ratio`` is not exported at
+all). When on, each term goes through :func:`term_label` before it becomes a label value: at
+most :data:`TERM_LABEL_MAX` (64) characters (longer terms keep 63 and end in ``…``), and control
+characters (C0, DEL, C1: newlines and tabs too), line and paragraph separators, bidirectional
+overrides and lone surrogates (text that is not valid UTF-8) each become U+FFFD ``�``. Terms
+that turn out the same are one series whose ratio is their sum.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,9 +28,34 @@ from prometheus_client.registry import Collector
 
 from .records import WindowRecord
 
-__all__ = ["EmbmonCollector", "LabelBudget", "Snapshot", "window_families"]
+__all__ = [
+    "TERM_LABEL_MAX",
+    "EmbmonCollector",
+    "LabelBudget",
+    "Snapshot",
+    "term_label",
+    "window_families",
+]
 
 OTHER = "other"
+TERM_LABEL_MAX = 64  # characters of a term label value, "…" included
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def term_label(term: str) -> str:
+    """The label value of a frequent term: bounded and free of control characters.
+
+    >>> term_label("plain"), term_label("two\\nlines\\x00"), term_label("\\ud800x")
+    ('plain', 'two�lines�', '�x')
+    >>> long = term_label("a" * 10_000)
+    >>> len(long), long[-2:]
+    (64, 'a…')
+    >>> term_label("")
+    '(empty)'
+    """
+    if len(term) > TERM_LABEL_MAX:
+        term = term[: TERM_LABEL_MAX - 1] + "…"
+    return _UNSAFE.sub("\ufffd", term) or "(empty)"
 
 
 class LabelBudget:
@@ -82,12 +116,14 @@ class EmbmonCollector(Collector):
         max_models: int = 50,
         max_segments: int = 50,
         max_terms: int = 10,
+        term_labels: bool = True,
     ) -> None:
         self._snapshot = snapshot
         self.models = LabelBudget("model", max_models)
         self._max_segments = max_segments
         self._segments: dict[str, LabelBudget] = {}
         self.max_terms = max_terms
+        self.term_labels = term_labels
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self)
@@ -100,7 +136,7 @@ class EmbmonCollector(Collector):
             if key not in latest or latest[key].end <= record.end:
                 latest[key] = record
         yield from self._counters(s)
-        yield from window_families(latest.items(), self.max_terms)
+        yield from window_families(latest.items(), self.max_terms, term_labels=self.term_labels)
         lag = GaugeMetricFamily(
             "embmon_consumer_lag_records",
             "Records between the consumer position and the partition end.",
@@ -191,10 +227,13 @@ def window_families(
     latest: Iterable[tuple[tuple[str, str], WindowRecord]],
     max_terms: int,
     timestamped: bool = False,
+    *,
+    term_labels: bool = True,
 ) -> list[GaugeMetricFamily]:
     """Gauge families of closed windows' records, each under its (model, segment) labels.
 
-    With ``timestamped`` every sample carries its window's end as timestamp (backfill).
+    With ``timestamped`` every sample carries its window's end as timestamp (backfill). Terms
+    are labels only with ``term_labels``, then through :func:`term_label`.
     """
     ms = ["model", "segment"]
     g = {
@@ -259,9 +298,15 @@ def window_families(
         for label, ratio in (record.predictions or {}).items():
             put("embmon_prediction_ratio", [*base, label], ratio)
         terms_total = record.text.terms if record.text is not None else 0
-        if terms_total:
+        if term_labels and terms_total:
+            shares: dict[str, float] = {}
             for term, count in record.frequent_terms[:max_terms]:
-                put("embmon_frequent_term_ratio", [*base, term], count / terms_total)
+                label = term_label(term)
+                shares[label] = shares.get(label, 0.0) + count / terms_total
+            for label, share in shares.items():
+                put("embmon_frequent_term_ratio", [*base, label], share)
         put("embmon_window_events", base, float(record.events))
         put("embmon_last_window_end_timestamp_seconds", base, float(record.end))
+    if not term_labels:
+        del g["embmon_frequent_term_ratio"]
     return list(g.values())
