@@ -45,6 +45,7 @@ class Accounting:
     _replayed: int = 0
     _folded: int = 0
     _persist_errors: int = 0
+    _held: int = 0
     _windows_closed: Counter[str] = field(default_factory=Counter)
     _latest: dict[tuple[str, SegmentKey], WindowRecord] = field(default_factory=dict)
     _lag: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -77,10 +78,17 @@ class Accounting:
                 self._open_windows = open_windows
 
     def closed(
-        self, records: Iterable[WindowRecord], *, open_windows: int, watermark: float | None
+        self,
+        records: Iterable[WindowRecord],
+        *,
+        open_windows: int,
+        watermark: float | None,
+        held: int = 0,
     ) -> None:
-        """Windows closed and persisted: they become the latest of their series."""
+        """Windows closed and persisted: they become the latest of their series (``held``:
+        closed windows still waiting to be persisted)."""
         with self._lock:
+            self._held = held
             for record in records:
                 self._latest[(record.model, record.segment)] = record
                 self._windows_closed[record.model] += 1
@@ -107,6 +115,9 @@ class Accounting:
                 lag=MappingProxyType(dict(self._lag)),
                 open_windows=self._open_windows,
                 watermark=self._watermark,
+                folded=self._folded,
+                persist_errors=self._persist_errors,
+                held_windows=self._held,
             )
 
     def _expire(self) -> None:

@@ -180,7 +180,10 @@ class Pipeline:
                 self.behind = True
                 break
         self.accounting.closed(
-            records, open_windows=self.store.open_windows, watermark=self.store.watermark()
+            records,
+            open_windows=self.store.open_windows,
+            watermark=self.store.watermark(),
+            held=self.store.held,
         )
         if self.on_close is not None:
             for record in records:

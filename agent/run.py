@@ -67,6 +67,7 @@ class Agent:
             max_models=settings.max_models,
             max_segments=settings.max_segments,
             max_terms=settings.max_terms,
+            term_labels=settings.term_labels,
         ).register(self.registry)
         self.health = Health()
         decoder = Decoder(
@@ -119,9 +120,13 @@ class Agent:
         server = None
         if self.settings.metrics_port:
             server = MetricsServer(
-                self.registry, self.health, self.settings.metrics_host, self.settings.metrics_port
+                self.registry,
+                self.health,
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                web_config=self.settings.metrics_web_config,
             ).start()
-            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, server.port)
+            log.info("metrics on %s/metrics", server.url)
         try:
             with KafkaSource(self.kafka_settings(), until_end=self.settings.until_end) as source:
                 Driver(

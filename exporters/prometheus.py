@@ -104,6 +104,9 @@ class Snapshot:
     lag: Mapping[tuple[str, int], int]
     open_windows: int
     watermark: float | None
+    folded: int = 0
+    persist_errors: int = 0
+    held_windows: int = 0
 
 
 class EmbmonCollector(Collector):
@@ -218,8 +221,24 @@ class EmbmonCollector(Collector):
         yield family
         yield CounterMetricFamily(
             "embmon_events_replayed",
-            "Re-read events of windows already closed (skipped, not re-added).",
+            "Records read again (after a restart or a revocation), each counted once before.",
             value=s.replayed,
+        )
+        yield CounterMetricFamily(
+            "embmon_events_folded",
+            "Events windowed as model or segment 'other': over max_models or max_segments "
+            "with open windows.",
+            value=s.folded,
+        )
+        yield CounterMetricFamily(
+            "embmon_persist_errors",
+            "Failed attempts to persist closed windows (each is held and tried again).",
+            value=s.persist_errors,
+        )
+        yield GaugeMetricFamily(
+            "embmon_windows_held",
+            "Closed windows waiting to be persisted again; offsets are not committed past them.",
+            value=s.held_windows,
         )
 
 

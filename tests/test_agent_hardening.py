@@ -168,6 +168,9 @@ def test_a_window_that_cannot_be_persisted_holds_its_offsets_and_spares_the_othe
             agents=[agent],
         )
         assert "could not persist window" in agent.log_text()
+        m = agent.metrics()
+        assert m.get("embmon_windows_held") == 1
+        assert (m.get("embmon_persist_errors_total") or 0) >= 1
         probe = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
         committed = probe.committed(TopicPartition(topic, 0))
         probe.close()

@@ -447,7 +447,7 @@ def test_a_window_that_failed_to_persist_is_held_and_holds_its_commit() -> None:
     s = store()
     s.assign(P0, None)
     feed(s, P0, [10, 70, 130], 0, caught_up=True)
-    failed, ok = s.close_ready()
+    failed, _ = s.close_ready()
     s.hold([failed])
     assert s.held == 1
     assert s.commit_offsets()[P0] == Checkpoint(0, 0)  # [0, 60) is not persisted yet
