@@ -5,13 +5,18 @@ encoding in a single numpy call; Python bytecode runs per record (JSON parse, a 
 never per number. A bad record never raises and never disturbs its neighbours: it becomes a
 ``Reject`` with a reason from ``REJECT_REASONS`` (the values of the
 ``embmon_events_rejected_total{reason}`` label) and keeps its bytes for a dead-letter topic.
+A reject's detail names the field, the type or size of what was found and the rule it broke,
+never the content: details are logged and sent in dead-letter headers, and an event's fields
+may hold personal data.
 """
 
 from __future__ import annotations
 
 import binascii
+import math
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
@@ -32,7 +37,6 @@ from agent.values import (
     loads,
     name,
     not_numbers,
-    short,
     tokenize,
     wrong_dimension,
 )
@@ -54,6 +58,7 @@ _Pairs = tuple[tuple[str, str], ...]
 """The kept segment keys of one event as ``((key, value), ...)``, before canonical ordering."""
 
 # Epoch seconds from 1970 up to ~5138: a value past the end is almost always milliseconds.
+# Every time in the range can be written as a date (``exporters.records.format_time``).
 _MAX_EPOCH_SECONDS = 1e11
 _T = TypeVar("_T")
 
@@ -135,6 +140,11 @@ class Decoder:
     Built once from the reference and the configuration; ``decode`` keeps no state between
     calls, so one decoder serves every poll of the live agent and every chunk of a replay.
 
+    An event stamped more than ``max_future_s`` seconds ahead of ``clock()`` (read once per
+    ``decode``) is rejected as ``future_timestamp``: one such event would advance its
+    partition's watermark and make every later event of that partition late. ``None`` or 0
+    turns the check off (a replay of recorded traffic that a clock has nothing to say about).
+
     >>> from agent.source import RawRecord
     >>> dec = Decoder(dim=2, segment_keys=["region"])
     >>> out = dec.decode([
@@ -155,6 +165,8 @@ class Decoder:
         segment_keys: Sequence[str] = (),
         default_model: str = "default",
         max_event_bytes: int = 1 << 20,
+        clock: Callable[[], float] = time.time,
+        max_future_s: float | None = 3600.0,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
@@ -162,20 +174,25 @@ class Decoder:
             raise ValueError(f"segment_keys must be distinct, got {list(segment_keys)}")
         if max_event_bytes < 1:
             raise ValueError(f"max_event_bytes must be positive, got {max_event_bytes}")
+        if max_future_s is not None and not 0.0 <= max_future_s < math.inf:
+            raise ValueError(f"max_future_s must be >= 0 and finite, got {max_future_s}")
         self.dim = dim
         self.fields = fields if fields is not None else FieldMap()
         self.segment_keys = tuple(segment_keys)
         self.default_model = default_model
         self.max_event_bytes = max_event_bytes
+        self.clock = clock
+        self.max_future_s = max_future_s or None
         self._paths = {f.name: self.fields.path(f.name) for f in dataclass_fields(FieldMap)}
 
     def decode(self, records: Iterable[RecordLike]) -> DecodedBatch:
         """Decode ``records``; never raises for bad records, which come back as rejects."""
         rows: list[_Row] = []
         rejects: list[tuple[int, Reject]] = []
+        horizon = math.inf if self.max_future_s is None else self.clock() + self.max_future_s
         for index, record in enumerate(records):
             try:
-                rows.append(self._parse(index, record))
+                rows.append(self._parse(index, record, horizon))
             except Bad as bad:
                 rejects.append((index, _reject(bad.reason, bad.detail, record, bad.event_id)))
         matrix, non_finite = self._matrix(rows)
@@ -186,7 +203,7 @@ class Decoder:
         keep = [pos for pos in range(len(rows)) if pos not in non_finite]
         return DecodedBatch(self._group(rows, keep, matrix), tuple(r for _, r in rejects))
 
-    def _parse(self, index: int, record: RecordLike) -> _Row:
+    def _parse(self, index: int, record: RecordLike, horizon: float) -> _Row:
         raw = record.value
         if raw is None:
             raise Bad("invalid_json", "record has no value (a tombstone?)")
@@ -201,7 +218,7 @@ class Decoder:
             # Checked in this order (the first problem found is the reject reason); the row
             # is built positionally, which costs a fraction of a keyword call per record.
             vector = self._vector(obj)
-            timestamp = self._timestamp(obj, record.timestamp)
+            timestamp = self._timestamp(obj, record.timestamp, horizon)
             model = self._model(obj)
             segment = self._segment(obj)
             tokens = self._tokens(obj)
@@ -242,26 +259,38 @@ class Decoder:
             raise wrong_dimension(len(data) // 4, dim)
         return data
 
-    def _timestamp(self, obj: dict[str, object], record_ms: int | None) -> float:
+    def _timestamp(self, obj: dict[str, object], record_ms: int | None, horizon: float) -> float:
+        """Epoch seconds of the event, from its field or else from its record."""
+        path = self.fields.timestamp
         value = get_path(obj, self._paths["timestamp"])
         if value is None:
             if record_ms is None or record_ms < 0:
                 raise Bad("bad_timestamp", "event has no timestamp and the record carries none")
-            return record_ms / 1000.0
-        if isinstance(value, str):
+            path = "the record's timestamp"
+            seconds = record_ms / 1000.0
+            if seconds >= _MAX_EPOCH_SECONDS:  # no date can be written for it
+                raise Bad("bad_timestamp", f"{path} is past year 5138")
+        elif isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value)
             except ValueError:
-                raise Bad("bad_timestamp", f"not ISO 8601: {short(value)!r}") from None
+                raise Bad(
+                    "bad_timestamp", f"{path} is a string of {len(value)} chars, not ISO 8601"
+                ) from None
             seconds = parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()
+            if not 0.0 <= seconds < _MAX_EPOCH_SECONDS:
+                raise Bad("bad_timestamp", f"{path} is an ISO 8601 date before 1970 or after 5138")
         elif isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
+            if not 0.0 <= seconds < _MAX_EPOCH_SECONDS:
+                raise Bad("bad_timestamp", f"{path} is {_out_of_range(seconds)}, not epoch seconds")
         else:
-            raise Bad("bad_timestamp", f"timestamp must be a number or string, not {kind(value)}")
-        if not 0.0 <= seconds < _MAX_EPOCH_SECONDS:
-            ms = not isinstance(value, str) and seconds >= _MAX_EPOCH_SECONDS
-            hint = " (milliseconds?)" if ms else ""
-            raise Bad("bad_timestamp", f"timestamp {short(repr(value))} is not epoch seconds{hint}")
+            raise Bad("bad_timestamp", f"{path} must be a number or string, not {kind(value)}")
+        if seconds > horizon:
+            raise Bad(
+                "future_timestamp",
+                f"{path} is more than {self.max_future_s:g} s ahead of the clock (max_future)",
+            )
         return seconds
 
     def _model(self, obj: dict[str, object]) -> str:
@@ -343,6 +372,15 @@ class Decoder:
             offsets = np.array([r.record.offset for r in sel], dtype=np.int64)
             groups.append(DecodedGroup(model, SegmentKey(segment), batch, partitions, offsets))
         return tuple(groups)
+
+
+def _out_of_range(seconds: float) -> str:
+    """What an out-of-range number is, by its shape alone (the value is not shown)."""
+    if math.isnan(seconds) or math.isinf(seconds):
+        return "not a finite number"
+    if seconds < 0:
+        return "a negative number"
+    return "a number past year 5138 (milliseconds?)"
 
 
 def _column(values: list[_T | None]) -> list[_T | None] | None:

@@ -40,6 +40,7 @@ RejectReason = Literal[
     "wrong_type",
     "oversized",
     "bad_timestamp",
+    "future_timestamp",
     "bad_name",
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
@@ -123,17 +124,28 @@ def loads(raw: bytes) -> object:
     as ``non_finite`` or ``bad_timestamp``, which tells its producer what is wrong. What orjson
     refuses for being no UTF-8 (raw bytes, or a ``\\ud800`` escape of half a character) stays
     refused: such text could not be written to any output. Only bad records pay for this.
+
+    A detail says what is wrong and where (orjson's message is fixed text, its position a
+    number), never which bytes: it is logged and sent in dead-letter headers.
     """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        try:
-            text = raw.decode("utf-8")
-            obj = json.loads(text, parse_int=_integer)
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
-        except (ValueError, RecursionError):  # UnicodeError is a ValueError
-            raise Bad("invalid_json", short(str(exc))) from None
-        return obj
+        refused = exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Bad("invalid_json", f"not UTF-8: invalid byte at {exc.start} of {len(raw)}") from None
+    try:
+        obj = json.loads(text, parse_int=_integer)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+    except RecursionError:
+        raise Bad("invalid_json", "nested too deep to parse") from None
+    except UnicodeEncodeError:
+        raise Bad("invalid_json", "a string holds half a UTF-16 surrogate pair") from None
+    except ValueError:
+        raise Bad("invalid_json", short(f"not JSON: {refused.msg} at char {refused.pos}")) from None
+    return obj
 
 
 def _integer(digits: str) -> int | float:

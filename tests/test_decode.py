@@ -19,6 +19,7 @@ from agent.source import RawRecord
 
 DIM = 4
 T0 = 1_790_000_000.0  # 2026-09-21, epoch seconds
+YEAR_3000 = 32_503_680_000.0  # 3000-01-01T00:00:00Z: ahead of any clock these tests meet
 
 
 def _good(i: int) -> dict[str, Any]:
@@ -77,6 +78,8 @@ BAD: list[tuple[str, bytes | dict[str, Any] | None]] = [
     ("bad_timestamp", {"embedding": [0, 0, 0, 0], "timestamp": [2026]}),
     ("bad_timestamp", {"embedding": [0, 0, 0, 0], "timestamp": True}),
     ("bad_timestamp", json.dumps({"embedding": [0, 0, 0, 0], "timestamp": float("inf")}).encode()),
+    ("future_timestamp", {"embedding": [0, 0, 0, 0], "timestamp": YEAR_3000}),
+    ("future_timestamp", {"embedding": [0, 0, 0, 0], "timestamp": "3000-01-01T00:00:00Z"}),
     # Poison pills: each once crashed the agent, or wrote a name no output could hold.
     ("bad_name", {"embedding": [0, 0, 0, 0], "model": "m" * 300}),
     ("bad_name", {"embedding": [0, 0, 0, 0], "segment": {"region": "r" * 129}}),
@@ -323,3 +326,174 @@ def test_arbitrary_events_never_raise_and_every_record_is_accounted(
     offsets = sorted(o for g in out.groups for o in g.offsets.tolist())
     assert offsets[0] == 100 and offsets[-1] == 101 + len(events)
     assert all(np.isfinite(g.batch.embeddings).all() for g in out.groups)
+
+
+# --- far-future timestamps ----------------------------------------------------------------
+
+
+def _clock(now: float) -> Any:
+    return lambda: now
+
+
+def test_event_further_ahead_than_max_future_is_rejected_by_the_injected_clock() -> None:
+    now = T0 + 100.0
+    ahead = [T0, now + 3600.0, now + 3600.5, "2026-09-21T15:15:01Z"]  # the last: now + 3601
+    events = [{"embedding": [0, 0, 0, 0], "timestamp": t} for t in ahead]
+    out = Decoder(DIM, clock=_clock(now)).decode(_records(list(events)))
+    assert _only_group(out).offsets.tolist() == [100, 101]  # at the limit is not beyond it
+    assert [(r.reason, r.offset) for r in out.rejects] == [
+        ("future_timestamp", 102),
+        ("future_timestamp", 103),
+    ]
+    assert out.rejects[0].detail == (
+        "timestamp is more than 3600 s ahead of the clock (max_future)"
+    )
+    tight = Decoder(DIM, clock=_clock(now), max_future_s=60).decode(_records(list(events)))
+    assert _only_group(tight).offsets.tolist() == [100]
+
+
+def test_record_timestamp_is_checked_against_max_future_too() -> None:
+    now = T0
+    event = {"embedding": [0, 0, 0, 0]}
+    out = Decoder(DIM, clock=_clock(now)).decode(
+        _records([event], record_ms=int(now + 7200) * 1000)
+    )
+    assert [r.reason for r in out.rejects] == ["future_timestamp"]
+    assert "record's timestamp" in out.rejects[0].detail
+
+
+@pytest.mark.parametrize("off", [None, 0, 0.0])
+def test_max_future_off_accepts_the_far_future(off: float | None) -> None:
+    out = Decoder(DIM, clock=_clock(T0), max_future_s=off).decode(
+        _records([{"embedding": [0, 0, 0, 0], "timestamp": YEAR_3000}])
+    )
+    assert _only_group(out).batch.timestamps.tolist() == [YEAR_3000]
+
+
+def test_clock_is_read_once_per_decode() -> None:
+    calls: list[float] = []
+
+    def clock() -> float:
+        calls.append(T0)
+        return T0
+
+    Decoder(DIM, clock=clock).decode(_records([_good(i) for i in range(5)]))
+    assert len(calls) == 1
+    Decoder(DIM, clock=clock, max_future_s=None).decode(_records([_good(0)]))
+    assert len(calls) == 1  # off: the clock is not read at all
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_max_future_must_be_a_non_negative_finite_number(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_future_s"):
+        Decoder(DIM, max_future_s=bad)
+
+
+def test_record_timestamp_past_year_5138_is_rejected_even_with_max_future_off() -> None:
+    """Regression (found by tests/test_fuzz.py): with no ``timestamp`` field, a record stamped
+    2**63 - 1 ms became an event at 9.2e15 s, accepted; closing its window then raised
+    OverflowError in ``format_time``, and the agent crash-looped on the record."""
+    event = {"embedding": [0, 0, 0, 0]}
+    for record_ms in (2**63 - 1, 100_000_000_000_000):
+        out = Decoder(DIM, max_future_s=None).decode(_records([event], record_ms=record_ms))
+        assert [(r.reason, r.detail) for r in out.rejects] == [
+            ("bad_timestamp", "the record's timestamp is past year 5138")
+        ]
+    last = Decoder(DIM, max_future_s=None).decode(_records([event], record_ms=99_999_999_999_999))
+    assert len(_only_group(last).batch) == 1
+
+
+# --- reject details never echo content ----------------------------------------------------
+
+SECRETS = [
+    "patient ssn-123-45-6789",
+    "Bearer sk_live_4eC39HqLyjWDarj",
+    "hunter2hunter2",
+    "\u00e9\u00e8secr\u00eat",
+    "987654321987",  # digits: also written as numbers (timestamps, embedding values)
+]
+
+
+def _windows(secret: str, width: int = 6) -> set[str]:
+    """Every ``width``-character piece of ``secret``: a detail must not hold even part of it."""
+    return {secret[i : i + width] for i in range(len(secret) - width + 1)}
+
+
+def _hostile(secret: str) -> list[bytes]:
+    """Records that put ``secret`` into every field, in every shape a reject can be about."""
+    ok: dict[str, Any] = {"embedding": [0, 0, 0, 0], "timestamp": T0}
+    long = secret * (1 + 200 // len(secret))
+    events: list[dict[str, Any]] = [
+        {"embedding": secret},
+        {"embedding": [secret, 0, 0, 0]},
+        {"embedding": [0, 0, 0, {secret: secret}]},
+        {"embedding": [secret] * 7},
+        {"embedding_b64": secret},
+        {"embedding_b64": base64.b64encode(secret.encode()).decode()},
+        {**ok, "timestamp": secret},
+        {**ok, "timestamp": [secret]},
+        {**ok, "timestamp": {"t": secret}},
+        {**ok, "model": long},
+        {**ok, "model": secret + "\n"},
+        {**ok, "model": [secret]},
+        {**ok, "text": {"secret": secret}},
+        {**ok, "tokens": secret},
+        {**ok, "tokens": [secret, 7]},
+        {**ok, "prediction": long},
+        {**ok, "prediction": "\t" + secret},
+        {**ok, "prediction": {"p": secret}},
+        {**ok, "target": long},
+        {**ok, "target": [secret]},
+        {**ok, "segment": secret},
+        {**ok, "segment": {"region": long}},
+        {**ok, "segment": {"region": secret + "\x00"}},
+        {**ok, "segment": {"region": [secret]}},
+        {**ok, "event_id": [secret]},
+        {**ok, "event_id": {"id": secret}},
+        {**ok, "oversize": long * 10},
+    ]
+    if secret.isdigit():
+        number = int(secret)
+        events += [
+            {**ok, "timestamp": -number},
+            {**ok, "timestamp": number * 1000},
+            {**ok, "timestamp": float(f"{secret}e9")},
+            {**ok, "timestamp": f"{secret}"},
+            {"embedding": [number, 0, 0, 0], "timestamp": -number},
+            {"embedding": [float(f"{secret}e30"), 0, 0, 0]},  # float32 overflow
+            {"embedding": [number] * 3},
+            {**ok, "event_id": number, "model": 0},
+        ]
+    encoded = [json.dumps(e).encode() for e in events]
+    text = json.dumps(secret)[1:-1]
+    broken = [
+        f'{{"model": "{text}", oops}}',
+        f'{{"{text}": 1,',
+        f'{{"text": "{text}\\q"}}',
+        f'{{"text": "{text}\x01"}}',
+        f'{{"text": "{text}\\ud800"}}',
+        f"{text}",
+        f'["{text}"]',
+        f'"{text}"',
+        f'{{"embedding": [{text}]}}',
+        f'{{"embedding": [0, 0, 0, 0], "timestamp": {text}}}',
+    ]
+    raw = [b.encode() for b in broken]
+    raw += [secret.encode() + b"\xff", b'{"text": "' + secret.encode("utf-16-le") + b'"}']
+    raw.append(b"[" * 2000 + json.dumps(secret).encode() + b"]" * 2000)
+    return encoded + raw
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_reject_details_never_echo_field_values(secret: str) -> None:
+    records = _records(list(_hostile(secret)))
+    fields = FieldMap(model="meta.model")  # a configured path is named, a value never
+    decoder = Decoder(DIM, segment_keys=["region"], max_event_bytes=1024)
+    for dec in (decoder, Decoder(DIM, fields, segment_keys=["region"], max_event_bytes=1024)):
+        out = dec.decode(records)
+        assert out.events <= 4  # ones whose hostile field this decoder does not read
+        assert len(out.rejects) + out.events == len(records)
+        for reject in out.rejects:
+            leaked = [w for w in _windows(secret) if w in reject.detail]
+            assert not leaked, (reject.reason, reject.detail)
+            assert len(reject.detail) <= 80
