@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 # Debian packages the end-to-end tests run for real (Prometheus, promtool, Alertmanager, amtool).
 services:
-	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus prometheus-alertmanager; }
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && command -v stunnel4 >/dev/null && command -v openssl >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus prometheus-alertmanager stunnel4 openssl; }
 
 demo: $(STAMP)
 	$(BIN)/embmon demo --out embmon-demo
