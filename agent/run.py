@@ -76,6 +76,7 @@ class Agent:
             segment_keys=settings.segment_keys,
             default_model=settings.default_model,
             max_event_bytes=settings.max_event_bytes,
+            max_future_s=parse_duration(settings.max_future).total_seconds() or None,
         )
         self.pipeline = Pipeline(
             self.reference,

@@ -98,6 +98,7 @@ BAD: list[tuple[str, bytes | None]] = [
     ("bad_timestamp", _json(timestamp=-5)),
     ("bad_timestamp", _json(timestamp=True)),
     ("bad_timestamp", _json(timestamp=[T0])),
+    ("future_timestamp", _json(timestamp=32_503_680_000)),  # year 3000
     # Poison pills: each of these once crashed the agent, which then crash-looped on restart.
     ("bad_name", _json(model="m" * 300)),
     ("bad_name", _json(segment={"region": "r" * 300})),
