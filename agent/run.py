@@ -96,6 +96,7 @@ class Agent:
 
     def kafka_settings(self) -> KafkaSettings:
         s = self.settings
+        security = s.kafka_security()  # reads the password file, if one is set
         return KafkaSettings(
             bootstrap_servers=[b.strip() for b in s.bootstrap_servers.split(",") if b.strip()],
             topics=s.topics,
@@ -108,12 +109,13 @@ class Agent:
             security_protocol=s.security_protocol,
             sasl_mechanism=s.sasl_mechanism,
             sasl_plain_username=s.sasl_plain_username,
-            sasl_plain_password=s.sasl_plain_password,
+            sasl_plain_password=security.get("sasl_plain_password"),
             ssl_cafile=s.ssl_cafile,
             ssl_certfile=s.ssl_certfile,
             ssl_keyfile=s.ssl_keyfile,
             fetch_max_bytes=s.fetch_max_bytes,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
+            extra={"ssl_check_hostname": s.ssl_check_hostname},
         )
 
     def run(self) -> int:

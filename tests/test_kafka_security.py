@@ -265,11 +265,6 @@ def test_broker_certificate_for_another_host_is_refused_by_default(
         _assert_no_traceback(agent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: Agent.kafka_settings() (agent/run.py) never passes "
-    "Settings.ssl_check_hostname to the consumer, so kafka-python keeps checking host names",
-)
 def test_ssl_check_hostname_off_accepts_a_certificate_for_another_host(
     wrong_host_broker: TlsBroker, pki: Pki, reference: Path, events: list[Event], tmp_path: Path
 ) -> None:
@@ -336,12 +331,6 @@ def test_plain_mechanism_refused_consumes_nothing_and_never_logs_the_password(
         _assert_password_not_logged(agent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: Agent.kafka_settings() (agent/run.py) passes "
-    "Settings.sasl_plain_password, not kafka_security(), so sasl_plain_password_file never "
-    "reaches the consumer (kafka-python: \"'NoneType' object has no attribute 'encode'\")",
-)
 def test_password_file_reaches_the_scram_exchange(
     sasl_broker: TansuProcess, reference: Path, tmp_path: Path
 ) -> None:
