@@ -352,7 +352,7 @@ class _Parser:
 
 
 class _EncryptedKey(Exception):
-    pass
+    """The key file asked for a password (OpenSSL would otherwise prompt on the terminal)."""
 
 
 def _no_passphrase() -> NoReturn:
