@@ -151,6 +151,7 @@ class WindowStore(Generic[P, B]):
         self._counted_through: dict[Partition, int] = {}
         self._closed_through: int | None = None
         self._paused: frozenset[Partition] = frozenset()
+        self._backlog = False  # the last close left due windows open (its limit)
         self._keys = OpenKeys(caps or Caps())
         self._held: dict[WindowKey, ClosedWindow[P]] = {}
         self._ghosts: dict[Partition, tuple[float, float]] = {}  # (watermark, until)
@@ -372,11 +373,14 @@ class WindowStore(Generic[P, B]):
         next calls.
         """
         mark = self.watermark()
+        advanced = False
         if mark is not None:
             through = math.floor((mark - self._lateness) / self._size) * self._size
             if self._closed_through is None or through > self._closed_through:
-                self._closed_through = through
-        if self._closed_through is None:
+                self._closed_through, advanced = through, True
+        # Windows become due only when closed_through advances (events for earlier ones are
+        # late), so without an advance or a backlog there is nothing to look for.
+        if self._closed_through is None or not (advanced or self._backlog):
             return []
         through = self._closed_through
         return self._close(lambda key: key.start + self._size <= through, limit)
@@ -475,7 +479,9 @@ class WindowStore(Generic[P, B]):
         due = sorted(
             {key for state in self._partitions.values() for key in state.slots if ready(key)},
             key=lambda k: (k.start, k.model, k.segment.pairs),
-        )[:limit]
+        )
+        self._backlog = limit is not None and len(due) > limit
+        due = due[:limit]
         closed = []
         for key in due:
             profiles, lows = [], {}
