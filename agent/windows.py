@@ -46,11 +46,19 @@ an event never read before the kill whose window had already closed is "skipped"
 segment) ever reached, may be added to a fresh window after it. The exporter must write a window
 atomically (a torn last line is not a persisted window).
 
-Rebalances use the same rules: a revoked partition's open state is dropped and the next owner
+Rebalances. A revoked partition's open state is kept aside for ``revoked_hold_s`` (a
+*ghost*): it holds the watermark back at its oldest open window, and no window it has a part in
+closes meanwhile (nor any later one, so windows still close in time order). If the partition
+comes back within the hold from a committed offset no further than this store's own (an eager
+rebalance, a member that joined for a moment), its state is restored as it was: records it
+re-reads below the offset it had counted through were all accounted for, in a restored or a
+persisted window, or as late, skipped or refused, so they are counted as read again and not
+routed, and every decision is what it would have been without the revocation. Otherwise
+(the hold ran out, or someone else committed further) the state is dropped and the next owner
 re-reads it from the committed offset, so no window persisted here holds events of a partition
-after its revocation. When a partition comes back, a re-read event whose window is closed here
-is a skipped re-read if it was handled here (below the partition's committable offset at the
-revocation), and late otherwise.
+after it moved on. A partition that comes back after that starts afresh: a re-read event whose
+window is closed here is a skipped re-read if it was handled here (below the partition's
+committable offset when its state was dropped), and late otherwise.
 
 Processing time (``time_mode="processing"``) windows events by the injected clock at arrival.
 There are no late events, but a re-read event lands in the current window whatever window it
@@ -64,7 +72,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Generic, Literal
@@ -104,6 +112,17 @@ class _PartitionState(Generic[P]):
     position: int | None = None
     caught_up: bool = False
     slots: dict[WindowKey, _Slot[P]] = field(default_factory=dict)
+    counted_before: int = 0  # restored from a ghost: records below were accounted for
+
+
+@dataclass
+class _Ghost(Generic[P]):
+    """A revoked partition's state, kept until ``until`` in case the partition comes back."""
+
+    state: _PartitionState[P]
+    offset: int  # the checkpoint offset this store would have committed for it
+    mark: float | None  # the watermark it holds meanwhile (None: it holds none)
+    until: float
 
 
 class WindowStore(Generic[P, B]):
@@ -154,7 +173,7 @@ class WindowStore(Generic[P, B]):
         self._backlog = False  # the last close left due windows open (its limit)
         self._keys = OpenKeys(caps or Caps())
         self._held: dict[WindowKey, ClosedWindow[P]] = {}
-        self._ghosts: dict[Partition, tuple[float, float]] = {}  # (watermark, until)
+        self._ghosts: dict[Partition, _Ghost[P]] = {}
         self._hold_s = revoked_hold_s
         self._timer = timer
 
@@ -173,34 +192,64 @@ class WindowStore(Generic[P, B]):
         return len(self._keys)
 
     def assign(self, partition: Partition, checkpoint: Checkpoint | None) -> None:
-        """Take ``partition`` on, resuming from its committed ``checkpoint`` (None: none)."""
+        """Take ``partition`` on, resuming from its committed ``checkpoint`` (None: none).
+
+        A partition revoked within ``revoked_hold_s`` gets its state back, unless the
+        checkpoint is past the offset this store would have committed (someone else moved on).
+        """
         if partition in self._partitions:
             raise ValueError(f"partition {partition} is already assigned; revoke it first")
-        self._ghosts.pop(partition, None)
+        ghost = self._ghosts.pop(partition, None)
+        if ghost is not None and (checkpoint is None or checkpoint.offset <= ghost.offset):
+            state = ghost.state
+            state.counted_before = self._counted_through.get(partition, 0)
+            state.position, state.caught_up = None, False
+            self._partitions[partition] = state
+            self._backlog = True  # its due windows, held back meanwhile, may close now
+            return
+        if ghost is not None:
+            self._drop(partition, ghost.state)
         self._partitions[partition] = _PartitionState(
             skip_through=None if checkpoint is None else checkpoint.closed_through
         )
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
-        """Drop the open state of ``partitions``; their next owner re-reads it.
+        """Set the open state of ``partitions`` aside for ``revoked_hold_s``, then drop it.
 
-        For ``revoked_hold_s`` the partition still holds the watermark back, at the oldest
-        window it had open: a partition that comes back soon (a member that joined for a
-        moment, an eager rebalance) finds its windows still open, and its re-read events are
-        not late.
+        Meanwhile the partition holds the watermark back, at the oldest window it had open,
+        and no window it has a part in closes: a partition that comes back soon (a member that
+        joined for a moment, an eager rebalance) finds its state as it left it. Once dropped,
+        the next owner re-reads it from the committed offset.
         """
         for partition in partitions:
             state = self._partitions.pop(partition, None)
             if state is None:
                 continue
-            # Events from the oldest dropped one on were not handled here after all.
-            dropped = [slot.min_offset for slot in state.slots.values()]
-            self._read_through[partition] = min([self._read_through.get(partition, 0), *dropped])
-            for key in state.slots:
-                self._keys.closed(key)
-            hold = self._ghost_mark(state)
-            if hold is not None and self._hold_s > 0:
-                self._ghosts[partition] = (hold, self._timer() + self._hold_s)
+            if self._hold_s <= 0 or not (state.slots or state.watermark is not None):
+                self._drop(partition, state)
+                continue
+            self._ghosts[partition] = _Ghost(
+                state,
+                offset=self._checkpoint_offset(partition, state),
+                mark=self._ghost_mark(state),
+                until=self._timer() + self._hold_s,
+            )
+
+    def _drop(self, partition: Partition, state: _PartitionState[P]) -> None:
+        """Forget a revoked partition's open windows; their events are re-read by its owner."""
+        # Events from the oldest dropped one on were not handled here after all.
+        dropped = [slot.min_offset for slot in state.slots.values()]
+        self._read_through[partition] = min([self._read_through.get(partition, 0), *dropped])
+        for key in state.slots:
+            self._keys.closed(key)
+        self._backlog = True  # windows it held back may close now
+
+    def _expire_ghosts(self, *, everything: bool = False) -> None:
+        now = self._timer()
+        for partition, ghost in list(self._ghosts.items()):
+            if everything or ghost.until <= now:
+                del self._ghosts[partition]
+                self._drop(partition, ghost.state)
 
     def _ghost_mark(self, state: _PartitionState[P]) -> float | None:
         """The watermark a revoked partition keeps holding: none once caught up, else at most
@@ -235,6 +284,8 @@ class WindowStore(Generic[P, B]):
             if offs.shape != (len(batch),):
                 n = offs.shape[0] if offs.ndim else 0
                 raise ValueError(f"got {n} offsets for {len(batch)} rows")
+        if state.counted_before and any((offs < state.counted_before).any() for offs in offsets):
+            return self._add_past_restored(partition, state, groups, offsets)
         times = [self._times(batch) for _, _, batch, _ in groups]
         before = self._watermarks_before(state, offsets, times)
         read_before = self._read_through.get(partition, 0)
@@ -249,6 +300,24 @@ class WindowStore(Generic[P, B]):
         self._read_through[partition] = max([read_before, *tops])
         self._counted_through[partition] = max([counted, *tops])
         return results
+
+    def _add_past_restored(
+        self,
+        partition: Partition,
+        state: _PartitionState[P],
+        groups: Sequence[tuple[str, SegmentKey, B, npt.ArrayLike]],
+        offsets: list[npt.NDArray[np.int64]],
+    ) -> list[AddResult]:
+        """Rows re-read below ``counted_before`` are counted as read again, not routed: the
+        restored state already accounts for them. The rest are added as usual."""
+        kept: list[tuple[str, SegmentKey, B, npt.ArrayLike]] = []
+        again: list[int] = []
+        for (model, segment, batch, _), offs in zip(groups, offsets, strict=True):
+            fresh = np.flatnonzero(offs >= state.counted_before)
+            again.append(len(batch) - fresh.size)
+            kept.append((model, segment, batch.take(fresh), offs[fresh]))
+        results = self.add_groups(partition, kept)
+        return [replace(r, again=r.again + n) for r, n in zip(results, again, strict=True)]
 
     def _times(self, batch: B) -> npt.NDArray[np.float64]:
         if self._processing:
@@ -356,10 +425,9 @@ class WindowStore(Generic[P, B]):
         """
         if self._processing:
             return self._clock()
-        now = self._timer()
-        self._ghosts = {p: g for p, g in self._ghosts.items() if g[1] > now}
+        self._expire_ghosts()
         lagging = [s.watermark for s in self._partitions.values() if not s.caught_up]
-        lagging += [mark for mark, _ in self._ghosts.values()]
+        lagging += [g.mark for g in self._ghosts.values() if g.mark is not None]
         if lagging:
             return None if None in lagging else min(w for w in lagging if w is not None)
         marks = [s.watermark for s in self._partitions.values() if s.watermark is not None]
@@ -386,7 +454,10 @@ class WindowStore(Generic[P, B]):
         return self._close(lambda key: key.start + self._size <= through, limit)
 
     def close_all(self, limit: int | None = None) -> list[ClosedWindow[P]]:
-        """Close every open window (end of ``--until-end`` or of a replay), in time order."""
+        """Close every open window (end of ``--until-end`` or of a replay), in time order.
+
+        Revoked partitions are not waited for: their state is dropped."""
+        self._expire_ghosts(everything=True)
         closed = self._close(lambda key: True, limit)
         if closed:
             newest = max(window.end for window in closed)
@@ -425,7 +496,7 @@ class WindowStore(Generic[P, B]):
             waiting = [w.key.start for w in self._held.values()]
             waiting += [
                 key.start
-                for state in self._partitions.values()
+                for state in self._all_states()
                 for key in state.slots
                 if key.start + self._size <= persisted
             ]
@@ -434,14 +505,24 @@ class WindowStore(Generic[P, B]):
         for partition, state in self._partitions.items():
             if state.position is None:
                 continue
-            lows = [s.min_offset for s in state.slots.values()]
-            lows += [
-                w.min_offsets[partition] for w in self._held.values() if partition in w.min_offsets
-            ]
-            offset = min([*lows, state.position])
+            offset = self._checkpoint_offset(partition, state)
             known = [t for t in (persisted, state.skip_through) if t is not None]
             checkpoints[partition] = Checkpoint(offset, max(known) if known else None)
         return checkpoints
+
+    def _checkpoint_offset(self, partition: Partition, state: _PartitionState[P]) -> int:
+        """Below every event of ``partition`` in an open or held window, else its position."""
+        lows = [s.min_offset for s in state.slots.values()]
+        lows += [
+            w.min_offsets[partition] for w in self._held.values() if partition in w.min_offsets
+        ]
+        if state.position is not None:
+            lows.append(state.position)
+        return min(lows, default=0)
+
+    def _all_states(self) -> list[_PartitionState[P]]:
+        """Assigned partitions' states and revoked ones' set aside."""
+        return [*self._partitions.values(), *(g.state for g in self._ghosts.values())]
 
     def paused_partitions(self) -> frozenset[Partition]:
         """Partitions more than ``max_windows_ahead`` windows ahead of the global watermark.
@@ -480,6 +561,11 @@ class WindowStore(Generic[P, B]):
             {key for state in self._partitions.values() for key in state.slots if ready(key)},
             key=lambda k: (k.start, k.model, k.segment.pairs),
         )
+        # A revoked partition's windows wait for it to come back or be dropped, and so do all
+        # later ones: windows close in time order.
+        waiting = [key.start for g in self._ghosts.values() for key in g.state.slots]
+        if waiting:
+            due = [key for key in due if key.start < min(waiting)]
         self._backlog = limit is not None and len(due) > limit
         due = due[:limit]
         closed = []

@@ -57,11 +57,16 @@ def parse_time(text: str) -> float:
 class SegmentKey:
     """The kept segment keys of an event, sorted by key; ``label`` is ``k1=v1,k2=v2``.
 
+    ``\\``, ``,`` and ``=`` in keys and values are escaped with a backslash, so distinct
+    segments never share a label (it names a Prometheus series and a profile directory).
+
     >>> s = SegmentKey.of({"tier": "gold", "region": "eu"})
     >>> s.label, s.pairs == SegmentKey.of([("region", "eu"), ("tier", "gold")]).pairs
     ('region=eu,tier=gold', True)
     >>> SegmentKey.of({}).label, bool(SegmentKey.of({}))
     ('', False)
+    >>> print(SegmentKey.of({"region": "eu,tier=gold"}).label)
+    region=eu\\,tier\\=gold
     """
 
     pairs: tuple[tuple[str, str], ...] = ()
@@ -72,7 +77,8 @@ class SegmentKey:
         if len({k for k, _ in ordered}) != len(ordered):
             raise ValueError(f"segment keys must be distinct, got {list(self.pairs)}")
         object.__setattr__(self, "pairs", ordered)
-        object.__setattr__(self, "label", ",".join(f"{k}={v}" for k, v in ordered))
+        label = ",".join(f"{_escape(k)}={_escape(v)}" for k, v in ordered)
+        object.__setattr__(self, "label", label)
 
     @classmethod
     def of(cls, segment: Mapping[str, str] | Iterable[tuple[str, str]]) -> SegmentKey:
@@ -84,6 +90,10 @@ class SegmentKey:
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
+
+
+def _escape(part: str) -> str:
+    return part.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
 
 
 @dataclass(frozen=True)

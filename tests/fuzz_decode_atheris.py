@@ -24,7 +24,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -86,15 +86,6 @@ MAX_EVENT_BYTES = (1 << 20, 256, 64, 4096)
 class Violation(AssertionError):
     """An invariant of decode or of the window store does not hold for this input."""
 
-
-FUZZ_KNOWN_REVOKE_BUGS = False
-"""Two known bugs of ``agent.windows``, each a strict xfail in ``tests/test_fuzz.py``: an event
-re-read after its partition was revoked and assigned again is lost (counted ``added`` the first
-time, then as a re-read, ``again``, in no window) when its window (dropped by ``revoke``) cannot
-open again for ``max_windows`` (``test_a_reread_event_refused_for_room_is_lost``), or was due
-but not yet closed by a ``close_ready(limit)`` (``test_a_due_window_dropped_by_revoke_is_lost``).
-Until they are fixed, a scenario that revokes runs with no window cap and no close limit (the
-model and segment caps stay); set this to True to fuzz the combinations."""
 
 CAPS: tuple[Caps | None, ...] = (
     None,
@@ -290,17 +281,12 @@ def check(
         if setup.persisted_start is not None
         else []
     )
-    caps, close_limit = setup.caps, setup.close_limit
-    if setup.revoke_at and not FUZZ_KNOWN_REVOKE_BUGS:
-        close_limit = None
-        if caps is not None:
-            caps = replace(caps, max_windows=Caps().max_windows)
     store: WindowStore[Tracked, Rows] = WindowStore(
         window=timedelta(seconds=setup.window_s),
         factory=factory,
         lateness=timedelta(seconds=setup.lateness_s),
         persisted=persisted,
-        caps=caps,
+        caps=setup.caps,
         timer=lambda: 0.0,  # a revoked partition holds the watermark until it is back
     )
     start = None if setup.checkpoint_through is None else Checkpoint(0, setup.checkpoint_through)
@@ -340,7 +326,7 @@ def check(
                 tally.again += r.again
             cursor[p] += len(chunk)
             store.advance(p, cursor[p], caught_up=cursor[p] == len(log))
-        closed += store.close_ready(close_limit)
+        closed += store.close_ready(setup.close_limit)
         store.paused_partitions()
         committed = store.commit_offsets()
         poll += 1
@@ -407,6 +393,7 @@ def _check_closed(
     _require(not set(keys) & set(persisted), "a persisted window closed again")
     starts = [w.key.start for w in closed]
     _require(all(a <= b for a, b in pairwise(starts)), "windows not closed in time order")
+    _require(not sink_paths_collide(closed), "two windows share a profile file")
     for w in closed:
         _require(w.key.start % setup.window_s == 0, f"unaligned window {w.key.start}")
         _require(w.end == w.key.start + setup.window_s, "window of the wrong size")

@@ -30,7 +30,7 @@ from agent.decode import REJECT_REASONS, Decoder
 from agent.fields import FieldMap
 from agent.source import RawRecord
 from agent.window_caps import Caps
-from agent.windows import WindowKey, WindowStore
+from agent.windows import AddResult, WindowKey, WindowStore
 from exporters.profile_sink import ProfileSink
 from exporters.records import SegmentKey
 from sketches.batch import EventBatch
@@ -438,13 +438,8 @@ def test_reject_reasons_are_the_documented_ones() -> None:
     assert documented == [*REJECT_REASONS, "late", "too_many_windows"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporters bug, left for its owner: SegmentKey.label joins k=v with ',' unescaped, "
-    "so segment {region: 'eu,tier=gold'} and {region: 'eu', tier: 'gold'} share a label, a "
-    "Prometheus series and a ProfileSink file (one window's profile overwrites the other's)",
-)
 def test_distinct_segments_get_distinct_profile_files() -> None:
+    """Segment labels were joined unescaped: these two shared a series and a profile file."""
     one = SegmentKey.of({"region": "eu,tier=gold"})
     two = SegmentKey.of({"region": "eu", "tier": "gold"})
     assert WindowKey("m", one, 0) != WindowKey("m", two, 0)
@@ -452,14 +447,9 @@ def test_distinct_segments_get_distinct_profile_files() -> None:
     assert sink.path_for("m", one, 0) != sink.path_for("m", two, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/windows.py bug, left for its owner (found by the atheris harness): a re-read "
-    "event whose window was dropped by revoke() is refused when max_windows are open, and "
-    "being a re-read (AddResult.again) it is counted neither as refused nor in any window, "
-    "though it was counted added the first time: windows.jsonl silently loses it",
-)
-def test_a_reread_event_refused_for_room_is_lost() -> None:
+def test_a_reread_event_needs_no_room_after_a_revoke() -> None:
+    """Found by the atheris harness: a re-read event whose window revoke() had dropped was
+    refused for room, and, counted ``added`` the first time, landed in no window."""
     p0, p1 = ("events", 0), ("events", 1)
 
     def one(partition: int, when: float) -> Rows:
@@ -473,24 +463,18 @@ def test_a_reread_event_refused_for_room_is_lost() -> None:
     store.assign(p1, None)
     assert store.add(p1, "m", SegmentKey(), one(1, 0.0), [0]).added == 1  # window [0, 60)
     store.advance(p1, 1, caught_up=False)
-    store.revoke([p1])  # its open [0, 60) is dropped, to be re-read
+    store.revoke([p1])  # set aside: it may come back
+    assert store.add(p0, "m", SegmentKey(), one(0, 100.0), [0]).refused == 1  # [0, 60) holds
     store.assign(p1, Checkpoint(0))
-    assert store.add(p0, "m", SegmentKey(), one(0, 100.0), [0]).added == 1  # [60, 120): full
-    again = store.add(p1, "m", SegmentKey(), one(1, 0.0), [0])  # the re-read needs [0, 60)
-    assert again.again == 1
+    assert store.add(p1, "m", SegmentKey(), one(1, 0.0), [0]) == AddResult(again=1)
     held = sorted(i for w in store.close_all() for i in w.profile.ids)
-    assert held == [0, 1 << 32], "the event counted added once is in no window"
+    assert held == [1 << 32], "the event counted added once is in its window"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/windows.py bug, left for its owner (found by the atheris harness): revoke() "
-    "drops a window that is due (end <= closed_through) but not yet closed by "
-    "close_ready(limit); re-read after the partition comes back, its events are behind "
-    "closed_through, hence late, and as re-reads (AddResult.again) counted nowhere: the "
-    "window is never emitted though its events were counted added",
-)
-def test_a_due_window_dropped_by_revoke_is_lost() -> None:
+def test_a_due_window_is_not_lost_by_a_revoke() -> None:
+    """Found by the atheris harness: revoke() dropped a window that was due but not yet
+    closed by ``close_ready(limit)``; its re-read events were then behind ``closed_through``,
+    and as re-reads counted nowhere."""
     p0 = ("events", 0)
 
     def rows(times: list[float], offsets: list[int]) -> Rows:

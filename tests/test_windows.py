@@ -249,6 +249,22 @@ def test_partition_far_ahead_is_paused_until_the_watermark_catches_up() -> None:
 
 
 def test_a_paused_partition_assigned_again_reads_and_windows_close_again() -> None:
+    s = store(max_windows_ahead=1, revoked_hold_s=0)  # revoked state is dropped at once
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [0], 0)
+    feed(s, P1, [0, 60, 130], 0)
+    assert s.paused_partitions() == {P1}
+    s.revoke([P0, P1])  # a rebalance revokes everything, then assigns it back
+    s.assign(P0, None)
+    s.assign(P1, None)
+    assert s.paused_partitions() == frozenset()  # P1 must read to show its event time again
+    feed(s, P1, [0, 60, 130], 0)
+    feed(s, P0, [0, 125], 0)
+    assert summary(s.close_ready()) == [("m", 0, [0, 0]), ("m", 60, [1])]
+
+
+def test_a_partition_back_within_the_hold_gets_its_state_and_pause_back() -> None:
     s = store(max_windows_ahead=1)
     s.assign(P0, None)
     s.assign(P1, None)
@@ -256,12 +272,41 @@ def test_a_paused_partition_assigned_again_reads_and_windows_close_again() -> No
     feed(s, P1, [0, 60, 130], 0)
     assert s.paused_partitions() == {P1}
     s.revoke([P0, P1])  # an eager rebalance revokes everything, then assigns it back
+    s.assign(P0, Checkpoint(0))
+    s.assign(P1, Checkpoint(0))
+    assert s.paused_partitions() == {P1}  # its event time is known: still far ahead
+    assert feed(s, P1, [0, 60, 130], 0) == AddResult(again=3)  # all accounted for already
+    assert feed(s, P0, [0, 125], 0) == AddResult(added=1, again=1)
+    assert summary(s.close_ready()) == [("m", 0, [0, 0]), ("m", 60, [1])]
+
+
+def test_a_checkpoint_past_the_stores_own_means_someone_else_moved_on() -> None:
+    s = store()
     s.assign(P0, None)
     s.assign(P1, None)
-    assert s.paused_partitions() == frozenset()  # P1 must read to show its event time again
-    feed(s, P1, [0, 60, 130], 0)
-    feed(s, P0, [0, 125], 0)
-    assert summary(s.close_ready()) == [("m", 0, [0, 0]), ("m", 60, [1])]
+    feed(s, P0, [10], 0)
+    feed(s, P1, [20, 30], 0)
+    s.revoke([P1])
+    s.assign(P1, Checkpoint(2, 60))  # another member read P1 on and persisted [0, 60)
+    assert s.open_windows == 1  # P0's part only: P1's was dropped
+    assert feed(s, P1, [40, 70], 2) == AddResult(added=1, late=0, skipped=1)
+    feed(s, P0, [80], 1, caught_up=True)
+    assert summary(s.close_ready()) == [("m", 0, [0])]
+
+
+def test_a_revoked_partitions_due_window_waits_for_it_in_time_order() -> None:
+    s = store()
+    s.assign(P0, None)
+    s.assign(P1, None)
+    feed(s, P0, [10, 70, 130], 0, caught_up=True)
+    feed(s, P1, [15, 75], 0, caught_up=True)
+    assert summary(s.close_ready(limit=1)) == [("m", 0, [0, 0])]  # [60, 120) due, left
+    s.revoke([P1])
+    assert s.close_ready() == []  # P1 has a part in [60, 120): it waits, in order
+    assert s.commit_offsets()[P0] == Checkpoint(1, 60)
+    s.assign(P1, Checkpoint(1, 60))
+    assert feed(s, P1, [75], 1, caught_up=True) == AddResult(again=1)
+    assert summary(s.close_ready()) == [("m", 60, [1, 1])]
 
 
 def test_processing_time_windows_by_the_clock() -> None:
