@@ -9,6 +9,9 @@ The latest record of each (model, segment) is kept until that series falls
 ``expire_after_windows`` windows behind the newest window closed (0: never), so a model or
 segment that stopped sending stops being exported instead of showing its last window for ever.
 
+The dead-letter counts are not copied here: ``dead_letters`` (``DeadLetters.counts`` in
+``embmon run``) is read on each snapshot, since the producer's own thread updates them.
+
 >>> a = Accounting(window_seconds=60.0, expire_after_windows=2)
 >>> a.count(events={"m": 3}, rejected={"late": 1})
 >>> s = a.snapshot()
@@ -20,11 +23,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporters.prometheus import Snapshot
+from exporters.prometheus import DeadLetterCounts, Snapshot
 from exporters.records import SegmentKey, WindowRecord
 
 __all__ = ["Accounting"]
@@ -40,6 +43,7 @@ class Accounting:
     window_seconds: float = 0.0
     lateness_seconds: float = 0.0
     expire_after_windows: int = 0
+    dead_letters: Callable[[], DeadLetterCounts] | None = None
     _events: Counter[str] = field(default_factory=Counter)
     _rejected: Counter[str] = field(default_factory=Counter)
     _replayed: int = 0
@@ -118,6 +122,7 @@ class Accounting:
                 folded=self._folded,
                 persist_errors=self._persist_errors,
                 held_windows=self._held,
+                dead_letters=self.dead_letters() if self.dead_letters is not None else None,
             )
 
     def _expire(self) -> None:

@@ -26,14 +26,14 @@ from sketches.reference import Reference
 
 from .accounting import Accounting
 from .config import Settings, load_settings
-from .decode import Decoder, Reject
+from .dead_letters import DeadLetters
+from .decode import Decoder
 from .driver import Driver
 from .durations import parse_duration
 from .fields import FieldMap
 from .kafka_source import KafkaSettings, KafkaSource
 from .ledger import prepare_out
 from .pipeline import Pipeline
-from .source import Partition
 from .window_caps import Caps
 
 __all__ = ["Agent", "run", "run_from_args"]
@@ -92,7 +92,7 @@ class Agent:
             caps=Caps(settings.max_models, settings.max_segments, settings.max_open_windows),
         )
         self.stop = threading.Event()
-        self._dead_letters: KafkaProducer | None = None
+        self.dead_letters = self._new_dead_letters()
 
     def kafka_settings(self) -> KafkaSettings:
         s = self.settings
@@ -136,14 +136,15 @@ class Agent:
                     self.pipeline,
                     source,
                     stop=self.stop,
-                    on_rejects=self._send_dead_letters if self.settings.dead_letter_topic else None,
+                    on_rejects=self.dead_letters.send if self.dead_letters is not None else None,
+                    before_commit=self._flush_dead_letters,
                     on_turn=self._turn,
                 ).run()
                 if self.settings.until_end:
                     log.info("reached the end offsets seen at start; all windows closed")
         finally:
-            if self._dead_letters is not None:
-                self._dead_letters.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
             if server is not None:
                 server.stop()
         return 0
@@ -153,20 +154,33 @@ class Agent:
         self.health.tick()
         self.health.ready = bool(self.pipeline.store.partitions)
 
-    def _send_dead_letters(self, partition: Partition, rejects: tuple[Reject, ...]) -> None:
-        if self._dead_letters is None:
-            self._dead_letters = KafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers.split(","),
-                **self.settings.kafka_security(),
-            )
-        target = cast(str, self.settings.dead_letter_topic)
-        for reject in rejects:
-            headers = [
-                ("embmon-reason", reject.reason.encode()),
-                ("embmon-detail", reject.detail.encode()),
-                ("embmon-source", f"{partition[0]}/{reject.partition}/{reject.offset}".encode()),
-            ]
-            self._dead_letters.send(target, value=reject.value or b"", headers=headers)
+    def _new_dead_letters(self) -> DeadLetters | None:
+        """The dead letters of ``dead_letter_topic`` (none without one), in the snapshot."""
+        topic = self.settings.dead_letter_topic
+        if not topic:
+            return None
+        letters = DeadLetters(self._dead_letter_producer, topic, self.settings.dead_letter_rate)
+        self.accounting.dead_letters = letters.counts
+        return letters
+
+    def _dead_letter_producer(self) -> KafkaProducer:
+        """A producer with the consumer's servers and security; a send waits 1 s at most for
+        metadata or buffer space, so a missing topic cannot stall the loop."""
+        s = self.settings
+        return KafkaProducer(
+            bootstrap_servers=[b.strip() for b in s.bootstrap_servers.split(",") if b.strip()],
+            client_id=f"{s.client_id}-dead-letters",
+            max_block_ms=1000,
+            **s.kafka_security(),
+        )
+
+    def _flush_dead_letters(self) -> bool:
+        """Before each commit: are the dead letters it covers acknowledged? A short wait keeps
+        the loop polling (a False skips this commit; the next turn tries again); the last
+        commit, once stopping, waits longer."""
+        if self.dead_letters is None:
+            return True
+        return self.dead_letters.flush(5.0 if self.stop.is_set() else 0.5)
 
 
 def run(settings: Settings) -> int:

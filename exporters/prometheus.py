@@ -30,6 +30,7 @@ from .records import WindowRecord
 
 __all__ = [
     "TERM_LABEL_MAX",
+    "DeadLetterCounts",
     "EmbmonCollector",
     "LabelBudget",
     "Snapshot",
@@ -88,6 +89,21 @@ class LabelBudget:
 
 
 @dataclass(frozen=True)
+class DeadLetterCounts:
+    """What became of the rejected records meant for the dead-letter topic (``agent.dead_letters``).
+
+    Every record handed over is in exactly one of: ``sent`` (acknowledged by the broker),
+    ``dropped_rate`` (over the rate, never sent), ``dropped_undeliverable`` (the producer gave up
+    on it) or ``pending`` (in flight).
+    """
+
+    sent: int = 0
+    dropped_rate: int = 0
+    dropped_undeliverable: int = 0
+    pending: int = 0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the agent has counted and closed at one instant (``agent.accounting`` makes it)."""
 
@@ -107,6 +123,8 @@ class Snapshot:
     folded: int = 0
     persist_errors: int = 0
     held_windows: int = 0
+    dead_letters: DeadLetterCounts | None = None
+    """None when there is no dead-letter topic (a replay, or ``dead_letter_topic`` unset)."""
 
 
 class EmbmonCollector(Collector):
@@ -240,6 +258,30 @@ class EmbmonCollector(Collector):
             "Closed windows waiting to be persisted again; offsets are not committed past them.",
             value=s.held_windows,
         )
+        if s.dead_letters is not None:
+            yield from _dead_letter_families(s.dead_letters)
+
+
+def _dead_letter_families(counts: DeadLetterCounts) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "embmon_dead_letters_sent",
+        "Rejected records written to the dead-letter topic (acknowledged by the broker).",
+        value=counts.sent,
+    )
+    dropped = CounterMetricFamily(
+        "embmon_dead_letters_dropped",
+        "Rejected records not on the dead-letter topic: over dead_letter_rate, or undeliverable "
+        "after the producer's retries.",
+        labels=["reason"],
+    )
+    dropped.add_metric(["rate"], counts.dropped_rate)
+    dropped.add_metric(["undeliverable"], counts.dropped_undeliverable)
+    yield dropped
+    yield GaugeMetricFamily(
+        "embmon_dead_letters_pending",
+        "Dead letters in flight; offsets are not committed past them.",
+        value=counts.pending,
+    )
 
 
 def window_families(
