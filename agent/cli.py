@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--openmetrics", help="also write the series with timestamps to this OpenMetrics file"
     )
+    rep.add_argument(
+        "--no-term-labels",
+        dest="term_labels",
+        action="store_false",
+        help="write no frequent terms as label values to --openmetrics (no event text leaves)",
+    )
     rep.add_argument("--quiet", action="store_true", help="no table, no progress")
     caps = Caps()
     rep.add_argument(
@@ -218,7 +224,10 @@ def _replay(args: argparse.Namespace) -> int:
         from exporters.openmetrics import write_openmetrics
 
         write_openmetrics(
-            summary.windows, args.openmetrics, reference_f1=reference.classification_f1
+            summary.windows,
+            args.openmetrics,
+            reference_f1=reference.classification_f1,
+            term_labels=args.term_labels,
         )
         print(f"wrote {args.openmetrics}")
     return 0

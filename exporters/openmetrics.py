@@ -30,12 +30,18 @@ class _Families(Collector):
 
 
 def openmetrics_text(
-    records: Iterable[WindowRecord], *, max_terms: int = 10, reference_f1: float | None = None
+    records: Iterable[WindowRecord],
+    *,
+    max_terms: int = 10,
+    reference_f1: float | None = None,
+    term_labels: bool = True,
 ) -> bytes:
-    """The OpenMetrics exposition of every record, one timestamped sample per series and window."""
+    """The OpenMetrics exposition of every record, one timestamped sample per series and window
+    (frequent terms as label values only with ``term_labels``, as the live endpoint)."""
     ordered = sorted(records, key=lambda r: r.end)
+    labelled = (((r.model, r.segment.label), r) for r in ordered)
     families: list[Metric] = list(
-        window_families((((r.model, r.segment.label), r) for r in ordered), max_terms, True)
+        window_families(labelled, max_terms, True, term_labels=term_labels)
     )
     if reference_f1 is not None:
         ref = GaugeMetricFamily(
@@ -59,8 +65,12 @@ def write_openmetrics(
     *,
     max_terms: int = 10,
     reference_f1: float | None = None,
+    term_labels: bool = True,
 ) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(openmetrics_text(records, max_terms=max_terms, reference_f1=reference_f1))
+    text = openmetrics_text(
+        records, max_terms=max_terms, reference_f1=reference_f1, term_labels=term_labels
+    )
+    out.write_bytes(text)
     return out

@@ -199,3 +199,41 @@ def test_bad_invocations_say_what_is_wrong(tmp_path: Path) -> None:
         tmp_path / "out",
     )
     assert bad_window.returncode == 2
+
+
+def test_replay_openmetrics_without_term_labels_carries_no_event_text(
+    scenario: Path, tmp_path: Path
+) -> None:
+    events = tmp_path / "text.jsonl"
+    lines = [
+        orjson.dumps(
+            {
+                "timestamp": START + i * 60,
+                "embedding": np.zeros(64).tolist(),
+                "text": f"patient {i % 3} said secret",
+            }
+        )
+        for i in range(50)
+    ]
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    files = {}
+    for flag in ([], ["--no-term-labels"]):
+        om = tmp_path / f"om{len(flag)}.txt"
+        result = embmon(
+            "replay",
+            "--reference",
+            scenario / "ref",
+            "--input",
+            events,
+            "--out",
+            tmp_path / f"out{len(flag)}",
+            "--openmetrics",
+            om,
+            "--quiet",
+            *flag,
+        )
+        assert result.returncode == 0, result.stderr
+        files[bool(flag)] = om.read_text()
+    assert 'term="secret"' in files[False]
+    assert "secret" not in files[True] and "patient" not in files[True]
+    assert "embmon_drift_score" in files[True]
