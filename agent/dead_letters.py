@@ -214,7 +214,7 @@ class DeadLetters:
         if self._producer is None:
             try:
                 self._producer = self._factory()
-            except KafkaError as exc:  # no broker: the next letters would wait as long
+            except KafkaError as exc:  # no broker in time: the next letters would wait as long
                 raise KafkaTimeoutError(f"no dead-letter producer: {exc}") from exc
         headers = [
             ("embmon-reason", reject.reason.encode()),
