@@ -10,6 +10,19 @@ its ``Fetcher``'s private fields:
   is ``None``, but a fully read batch stays there (empty, not ``None``): the resumed partition
   is then never fetched again (:func:`unstick_parked_records`).
 
+Two more gaps concern the consumer's life cycle:
+
+* ``KafkaConsumer()`` bootstraps eagerly, and when that fails it raises with its IO thread
+  still running and its client unreachable: a caller that retries leaks one thread and socket
+  set per attempt. :func:`new_consumer` hands the documented ``kafka_client`` option a factory
+  that keeps the client, and closes it when the constructor raises.
+* ``KafkaConsumer.close()`` sends LeaveGroup whenever the coordinator holds a member id, also in
+  the middle of a join. On Tansu 0.6 a LeaveGroup from the member elected leader before its
+  SyncGroup leaves the forming group with a leader that is no longer a member: every member
+  that joins later waits in SyncGroup (RebalanceInProgress) for ever, until the broker restarts.
+  :func:`forget_membership` makes the coordinator drop its membership locally first, so close
+  sends nothing; the broker forgets the member after its session timeout.
+
 :func:`check` fails at once, with what to do, when the installed kafka-python lacks these
 fields, instead of letting the agent mis-judge its watermark later. ``TESTED_VERSIONS`` are
 the releases these workarounds were checked against (pyproject pins them).
@@ -21,13 +34,16 @@ import logging
 from typing import Any
 
 import kafka
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
+from kafka.net.compat import KafkaNetClient
 
 __all__ = [
     "TESTED_VERSIONS",
     "KafkaCompatError",
     "buffered_partitions",
     "check",
+    "forget_membership",
+    "new_consumer",
     "unstick_parked_records",
 ]
 
@@ -51,17 +67,43 @@ def check(consumer: Any) -> None:
     fetcher = getattr(consumer, "_fetcher", None)
     missing = [name for name in _FETCHER_FIELDS if not hasattr(fetcher, name)]
     if fetcher is None or missing:
-        raise KafkaCompatError(
-            f"kafka-python {kafka.__version__} lacks Fetcher fields {missing or ['_fetcher']} "
-            f"that embmon reads; install a tested release: "
-            f"pip install 'kafka-python=={TESTED_VERSIONS[-1]}'"
-        )
+        _fail(f"Fetcher fields {missing or ['_fetcher']}")
+    if not callable(getattr(getattr(consumer, "_coordinator", None), "reset_generation", None)):
+        _fail("the coordinator method _coordinator.reset_generation()")
     if kafka.__version__ not in TESTED_VERSIONS:
         log.warning(
             "kafka-python %s is not among the releases embmon was tested with (%s)",
             kafka.__version__,
             ", ".join(TESTED_VERSIONS),
         )
+
+
+def _fail(what: str) -> None:
+    raise KafkaCompatError(
+        f"kafka-python {kafka.__version__} lacks {what} that embmon uses; install a tested "
+        f"release: pip install 'kafka-python=={TESTED_VERSIONS[-1]}'"
+    )
+
+
+def new_consumer(config: dict[str, Any]) -> KafkaConsumer:
+    """``KafkaConsumer(**config)`` that leaves no IO thread behind when it cannot bootstrap."""
+    made: list[Any] = []
+
+    def client(**kwargs: Any) -> Any:
+        made.append(KafkaNetClient(**kwargs))
+        return made[-1]
+
+    try:
+        return KafkaConsumer(**config, kafka_client=client)
+    except BaseException:
+        for each in made:
+            each.close()
+        raise
+
+
+def forget_membership(consumer: Any) -> None:
+    """Drop the member id and generation locally, so ``close()`` sends no LeaveGroup."""
+    consumer._coordinator.reset_generation()
 
 
 def buffered_partitions(consumer: Any) -> set[TopicPartition]:

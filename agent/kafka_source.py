@@ -24,6 +24,15 @@ Facts of kafka-python 3.x this module is built on (checked against a real Tansu 
   fails on the way (both retriable). ``poll()`` returns nothing meanwhile. Reconnect attempts
   back off exponentially up to ``reconnect_backoff_max_ms`` (kafka-python: 30 s), which would
   delay resuming by as much after the broker is back: it defaults to 1 s here.
+* ``KafkaConsumer()`` connects at once: with no broker answering it blocks for
+  ``bootstrap_timeout_ms`` (kafka-python: 30 s, here 5 s) and raises ``KafkaTimeoutError``.
+  :func:`connect` retries in a daemon thread, so a stop request is honoured meanwhile.
+* ``consumer.group_metadata().state`` is the member's ``MemberState``: ``<stable>`` only between
+  a completed join (SyncGroup answered) and the next rebalance. Fetches stop while it is not
+  stable, so high watermarks go stale: no partition counts as caught up then.
+* A group that lost a member without a LeaveGroup (killed, or closed mid-join here) forms again
+  once the broker drops that member, after its session timeout: on Tansu 0.6 a member joining
+  just after a SIGTERM mid-join is assigned within about 11 s.
 """
 
 from __future__ import annotations
@@ -31,25 +40,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     CommitFailedError,
+    KafkaError,
     KafkaTimeoutError,
     RebalanceInProgressError,
     RetriableError,
 )
+from kafka.structs import MemberState
+
+from sketches.errors import EmbmonError
 
 from . import kafka_compat
 from .checkpoint import Checkpoint
 from .source import Partition, PartitionProgress, Poll, RawRecord
 
-__all__ = ["KafkaSettings", "KafkaSource"]
+__all__ = ["KafkaSettings", "KafkaSource", "KafkaUnreachableError", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,7 @@ _FORBIDDEN = {
     "partition_assignment_strategy": "assignment tracking relies on the eager assignors",
     "group_id": "set KafkaSettings.group_id",
     "bootstrap_servers": "set KafkaSettings.bootstrap_servers",
+    "kafka_client": "the client must be closed when the consumer cannot start",
 }
 
 
@@ -80,6 +94,7 @@ class KafkaSettings:
     max_poll_interval_ms: int = 10000
     max_poll_records: int = 500
     reconnect_backoff_max_ms: int = 1000
+    bootstrap_timeout_ms: int = 5000
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -122,6 +137,7 @@ class KafkaSettings:
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "max_poll_records": self.max_poll_records,
             "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
             "auto_offset_reset": self.auto_offset_reset,
             "security_protocol": self.security_protocol,
         }
@@ -183,23 +199,46 @@ class KafkaSource:
     With ``until_end=True`` the end offsets of every partition are taken at start and nothing
     at or past them is returned; ``finished()`` tells when all assigned partitions reached them.
     A partition counts as caught up (no longer holding the watermark back) once it has been at
-    its high watermark for ``idle_ms``.
+    its high watermark for ``idle_ms`` while the group was stable.
+
+    With ``join_timeout_s``, a member that has not been in a stable group for that long (since
+    subscribing, or since its last rebalance began) leaves and joins again with a new consumer:
+    the join watchdog. A stable member without partitions (more members than partitions) is
+    left alone.
     """
 
     def __init__(
-        self, settings: KafkaSettings, *, until_end: bool = False, idle_ms: int = 1500
+        self,
+        settings: KafkaSettings,
+        *,
+        until_end: bool = False,
+        idle_ms: int = 1500,
+        join_timeout_s: float | None = None,
     ) -> None:
         self._settings = settings
         self._idle_s = idle_ms / 1000
+        self._join_timeout_s = join_timeout_s
         self._at_end_since: dict[TopicPartition, tuple[int, float]] = {}  # (position, since)
         self._stop: dict[TopicPartition, int] | None = None
         if until_end:
             self._stop = self.end_offsets()
         self._listener = _Listener()
-        self._consumer = KafkaConsumer(**settings.consumer_config())
-        kafka_compat.check(self._consumer)
-        self._consumer.subscribe(list(settings.topics), listener=self._listener)
+        self._consumer = self._subscribed()
         self._held: frozenset[TopicPartition] = frozenset()
+        self._unstable_since: float | None = time.monotonic()
+
+    def _subscribed(self) -> KafkaConsumer:
+        consumer = kafka_compat.new_consumer(self._settings.consumer_config())
+        try:
+            kafka_compat.check(consumer)
+        except kafka_compat.KafkaCompatError:
+            consumer.close(autocommit=False)
+            raise
+        consumer.subscribe(list(self._settings.topics), listener=self._listener)
+        log.info(
+            "joining group %s for %s", self._settings.group_id, ", ".join(self._settings.topics)
+        )
+        return consumer
 
     @property
     def stop_offsets(self) -> Mapping[TopicPartition, int] | None:
@@ -210,6 +249,7 @@ class KafkaSource:
         """Records of the assigned partitions, and the assignment changes met on the way."""
         kafka_compat.unstick_parked_records(self._consumer)
         batches = self._consumer.poll(timeout_ms=timeout_ms)
+        self._watch_join()
         final = frozenset(self._consumer.assignment())
         revoked, fresh = _changes(self._held, self._listener.drain(), final)
         self._held = final
@@ -219,6 +259,39 @@ class KafkaSource:
         self._pause_finished()
         assigned = {tp: Checkpoint.from_committed(self.committed(tp)) for tp in sorted(fresh)}
         return Poll(records, frozenset(revoked), MappingProxyType(dict(assigned)))
+
+    def stable(self) -> bool:
+        """Whether this member is in a group generation it completed the join of."""
+        return bool(self._consumer.group_metadata().state == MemberState.STABLE)
+
+    def ready(self) -> bool:
+        """Readiness: this member holds partitions of a stable group."""
+        return bool(self._held) and self.stable()
+
+    def _watch_join(self) -> None:
+        """Rejoin with a new consumer once the group was not stable for ``join_timeout_s``."""
+        now = time.monotonic()
+        if self.stable():
+            self._unstable_since = None
+            return
+        if self._unstable_since is None:
+            self._unstable_since = now
+        if self._join_timeout_s is None or now - self._unstable_since < self._join_timeout_s:
+            return
+        log.warning(
+            "group %s not joined %.0f s after the join began; leaving it and joining again",
+            self._settings.group_id,
+            now - self._unstable_since,
+        )
+        self._unstable_since = now
+        try:
+            fresh = self._subscribed()
+        except KafkaError as exc:
+            log.warning("could not start a new consumer to rejoin, trying later: %s", exc)
+            return
+        self._close_consumer()
+        self._consumer = fresh
+        self._listener.on_partitions_lost(self._held)  # the new member starts from the commits
 
     def commit(self, checkpoints: Mapping[Partition, Checkpoint]) -> bool:
         """Commit each checkpoint's offset with its metadata; False if the group moved on or
@@ -259,10 +332,13 @@ class KafkaSource:
         """Position, high watermark and caught-up state of every assigned partition.
 
         A paused partition is never caught up (its high watermark is not refreshed while paused);
-        under ``until_end`` a partition at its stop offset always is.
+        under ``until_end`` a partition at its stop offset always is. While the group is not
+        stable (a rebalance: nothing is fetched, high watermarks go stale) none is caught up
+        but those, and each partition's idle clock starts again once it is.
         """
         paused = self._consumer.paused()
         buffered = kafka_compat.buffered_partitions(self._consumer)
+        stable = self.stable()
         now = time.monotonic()
         out: dict[TopicPartition, PartitionProgress] = {}
         for tp in self._held:
@@ -272,7 +348,8 @@ class KafkaSource:
             highwater = self._consumer.highwater(tp)
             done = self._stop is not None and position >= self._stop.get(tp, 0)
             at_end = (
-                tp not in paused
+                stable
+                and tp not in paused
                 and tp not in buffered
                 and highwater is not None
                 and position >= highwater
@@ -327,8 +404,8 @@ class KafkaSource:
         Uses a short-lived consumer outside the group: the larger of ListOffsets' answer and
         the high watermark of a fetch from there (see the module docstring for why both).
         """
-        probe = KafkaConsumer(
-            **{**self._settings.consumer_config(), "group_id": None, "fetch_max_wait_ms": 100}
+        probe = kafka_compat.new_consumer(
+            {**self._settings.consumer_config(), "group_id": None, "fetch_max_wait_ms": 100}
         )
         try:
             if partitions is None:
@@ -356,6 +433,13 @@ class KafkaSource:
 
     def close(self) -> None:
         """Leave the group without committing (commits are the caller's, after persisting)."""
+        self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        """Close without committing; send LeaveGroup only from a stable group (why: see
+        ``kafka_compat.forget_membership``)."""
+        if not self.stable():
+            kafka_compat.forget_membership(self._consumer)
         self._consumer.close(autocommit=False)
 
     def __enter__(self) -> KafkaSource:
@@ -392,3 +476,107 @@ class KafkaSource:
         done = self._finished_partitions() - set(self._consumer.paused())
         if done:
             self._consumer.pause(*done)
+
+
+class KafkaUnreachableError(EmbmonError):
+    """No broker answered within the time given to connect."""
+
+
+_FIRST_BACKOFF_S = 1.0
+_MAX_BACKOFF_S = 30.0
+
+
+class _Attempt:
+    """One connection attempt in a daemon thread, so the caller can stop waiting at any time.
+
+    ``KafkaSource()`` blocks while kafka-python bootstraps; a caller that gives up abandons the
+    attempt, and a source it still produces is closed, never handed out.
+    """
+
+    def __init__(self, factory: Callable[[], KafkaSource]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.done = threading.Event()
+        self.source: KafkaSource | None = None
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, name="embmon-connect", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            source = self._factory()
+        except BaseException as exc:  # handed to the waiting thread
+            self.error = exc
+        else:
+            with self._lock:
+                if self._abandoned:
+                    source.close()
+                else:
+                    self.source = source
+        self.done.set()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self.source is not None:
+                self.source.close()
+                self.source = None
+
+
+def connect(
+    settings: KafkaSettings,
+    stop: threading.Event,
+    *,
+    give_up_after_s: float | None = None,
+    on_wait: Callable[[], None] = lambda: None,
+    **options: Any,
+) -> KafkaSource | None:
+    """A ``KafkaSource(settings, **options)`` once a broker answers; None if ``stop`` is set first.
+
+    Failed attempts are logged as one warning line each and retried with exponential backoff
+    (1 s, doubling up to 30 s). ``on_wait()`` runs a few times a second meanwhile (liveness).
+    With ``give_up_after_s`` it raises :class:`KafkaUnreachableError` after that long.
+    Errors other than Kafka's (a bad option, an untested kafka-python) are raised at once.
+    """
+    deadline = float("inf") if give_up_after_s is None else time.monotonic() + give_up_after_s
+    servers = settings.bootstrap_servers
+    where = servers if isinstance(servers, str) else ",".join(servers)
+    backoff, attempts, last = _FIRST_BACKOFF_S, 0, "none"
+    while not stop.is_set() and time.monotonic() < deadline:
+        attempts += 1
+        attempt = _Attempt(lambda: KafkaSource(settings, **options))
+        if not _wait(attempt.done, stop, deadline, on_wait):
+            attempt.abandon()
+            break
+        if attempt.source is not None:
+            return attempt.source
+        if not isinstance(attempt.error, KafkaError):
+            raise cast(BaseException, attempt.error)
+        last = f"{type(attempt.error).__name__}: {attempt.error}"
+        log.warning(
+            "cannot reach Kafka at %s (attempt %d): %s; retrying in %.0f s",
+            where,
+            attempts,
+            last,
+            backoff,
+        )
+        _wait(threading.Event(), stop, min(deadline, time.monotonic() + backoff), on_wait)
+        backoff = min(backoff * 2, _MAX_BACKOFF_S)
+    if stop.is_set():
+        return None
+    raise KafkaUnreachableError(
+        f"cannot reach Kafka at {where}: gave up after {give_up_after_s:g} s and {attempts} "
+        f"attempt(s), last error {last}; check bootstrap_servers and that the brokers are up, "
+        "or raise join_timeout"
+    )
+
+
+def _wait(
+    done: threading.Event, stop: threading.Event, until: float, tick: Callable[[], None]
+) -> bool:
+    """Wait for ``done``; False if ``stop`` was set or ``until`` (monotonic) passed first."""
+    while not done.wait(max(0.0, min(0.2, until - time.monotonic()))):
+        tick()
+        if stop.is_set() or time.monotonic() >= until:
+            return False
+    return True

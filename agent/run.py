@@ -31,7 +31,7 @@ from .decode import Decoder
 from .driver import Driver
 from .durations import parse_duration
 from .fields import FieldMap
-from .kafka_source import KafkaSettings, KafkaSource
+from .kafka_source import KafkaSettings, KafkaSource, connect
 from .ledger import prepare_out
 from .pipeline import Pipeline
 from .window_caps import Caps
@@ -131,14 +131,18 @@ class Agent:
             ).start()
             log.info("metrics on %s/metrics", server.url)
         try:
-            with KafkaSource(self.kafka_settings(), until_end=self.settings.until_end) as source:
+            source = self._connect()
+            if source is None:
+                log.info("stopped before connecting to Kafka")
+                return 0
+            with source:
                 Driver(
                     self.pipeline,
                     source,
                     stop=self.stop,
                     on_rejects=self.dead_letters.send if self.dead_letters is not None else None,
                     before_commit=self._flush_dead_letters,
-                    on_turn=self._turn,
+                    on_turn=lambda: self._turn(source),
                 ).run()
                 if self.settings.until_end:
                     log.info("reached the end offsets seen at start; all windows closed")
@@ -149,10 +153,25 @@ class Agent:
                 server.stop()
         return 0
 
-    def _turn(self) -> None:
-        """Liveness: the loop turns. Readiness: this member holds partitions of the group."""
+    def _connect(self) -> KafkaSource | None:
+        """The source once a broker answers, None if stopped first; the endpoint serves meanwhile
+        (alive, not ready). A bounded run (``until_end``) gives up after ``join_timeout``:
+        waiting for ever there would hang a batch job."""
+        join_timeout = parse_duration(self.settings.join_timeout).total_seconds()
+        return connect(
+            self.kafka_settings(),
+            self.stop,
+            give_up_after_s=join_timeout if self.settings.until_end else None,
+            on_wait=self.health.tick,
+            until_end=self.settings.until_end,
+            join_timeout_s=join_timeout,
+        )
+
+    def _turn(self, source: KafkaSource) -> None:
+        """Liveness: the loop turns. Readiness: this member holds partitions of a stable group
+        (not while it is joining or rebalancing, when it reads nothing)."""
         self.health.tick()
-        self.health.ready = bool(self.pipeline.store.partitions)
+        self.health.ready = source.ready()
 
     def _new_dead_letters(self) -> DeadLetters | None:
         """The dead letters of ``dead_letter_topic`` (none without one), in the snapshot."""
