@@ -258,6 +258,13 @@ def test_dead_letter_metrics_are_exported_only_with_a_dead_letter_topic() -> Non
     assert families["embmon_dead_letters_pending"] == [({}, 1.0)]
 
 
+def test_dead_letter_metrics_are_documented() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docs/contracts.md"):
+        text = (root / doc).read_text(encoding="utf-8")
+        assert {m for m in DEAD_LETTER_METRICS if f"| `{m}` |" not in text} == set(), doc
+
+
 # --- against the real broker ----------------------------------------------------------------
 
 
