@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaTimeoutError
 
 from agent.checkpoint import Checkpoint
 from agent.kafka_source import KafkaSettings, KafkaSource, _changes
@@ -298,3 +299,66 @@ def test_embedded_broker_start_failure_says_why(tmp_path: Path) -> None:
         broker = EmbeddedBroker(port=taken.getsockname()[1], log_path=tmp_path / "tansu.log")
         with pytest.raises(BrokerStartError, match="Address in use"):
             broker.start()
+
+
+def _kafka_io_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("kafka-io-")}
+
+
+def test_a_source_that_cannot_connect_leaves_no_io_thread_behind() -> None:
+    """kafka-python's constructor raises with its IO thread still running; retrying would
+    leak one thread (and selector) per attempt."""
+    before = _kafka_io_threads()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        cfg = settings(f"127.0.0.1:{closed.getsockname()[1]}", "t", bootstrap_timeout_ms=500)
+        for _ in range(2):
+            with pytest.raises(KafkaTimeoutError):
+                KafkaSource(cfg)
+    assert _kafka_io_threads() - before == set()
+
+
+def test_closing_in_the_middle_of_a_join_does_not_wedge_the_group(kafka_bootstrap: str) -> None:
+    """kafka-python's close sends LeaveGroup whenever it holds a member id; sent by the member
+    Tansu 0.6 elected leader before the join completed, it leaves a group no one can join."""
+    topic = new_topic(kafka_bootstrap, 2)
+    cfg = settings(kafka_bootstrap, topic)
+    with KafkaSource(cfg) as first:
+        first.poll(timeout_ms=300)  # the join has begun; it takes about 3 s
+        assert not first.stable() and not first.assignment()
+    with KafkaSource(cfg) as second:
+        poll_until(second, lambda ps: len(second.assignment()) == 2)
+        assert second.ready()
+
+
+def test_no_partition_is_caught_up_while_the_group_rebalances(kafka_bootstrap: str) -> None:
+    """Nothing is fetched during a rebalance, so a high watermark goes stale meanwhile; the
+    idle clock starts again once the group is stable."""
+    topic = new_topic(kafka_bootstrap, 2)
+    produce(kafka_bootstrap, topic, [(p, b"x", None) for p in (0, 1)])
+    cfg = settings(kafka_bootstrap, topic)
+    with KafkaSource(cfg, idle_ms=300) as source:
+
+        def caught_up() -> bool:
+            source.poll(timeout_ms=100)
+            progress = source.progress()
+            return len(progress) == 2 and all(p.caught_up for p in progress.values())
+
+        poll_until(source, lambda ps: caught_up())
+        visitor = KafkaConsumer(**{**cfg.consumer_config(), "client_id": "zzz-visitor"})
+        try:
+            visitor.subscribe([topic])
+            seen: list[dict[TopicPartition, bool]] = []
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            while not visitor.assignment():
+                assert time.monotonic() < deadline, "the visitor was not assigned"
+                visitor.poll(timeout_ms=50)
+                source.poll(timeout_ms=50)
+                if not source.stable():
+                    seen.append({tp: p.caught_up for tp, p in source.progress().items()})
+            assert any(seen) and not any(any(s.values()) for s in seen), seen
+            poll_until(source, lambda ps: source.stable() and bool(source.assignment()))
+            assert not any(p.caught_up for p in source.progress().values())
+            poll_until(source, lambda ps: all(p.caught_up for p in source.progress().values()))
+        finally:
+            visitor.close(autocommit=False)
