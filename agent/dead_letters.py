@@ -12,8 +12,8 @@ four states, so the counts always add up to the letters offered:
 - ``dropped_rate``: over the rate, counted and never sent. A token bucket of ``rate_per_s``
   tokens a second holding at most ``max(1, rate_per_s)`` (one second's worth, full at the
   start) admits letters, so over any interval of ``t`` seconds at most
-  ``rate_per_s * t + max(1, rate_per_s)`` letters are sent; none more is dropped than that
-  bound requires;
+  ``rate_per_s * t + max(1, rate_per_s)`` letters are sent, and no letter is dropped while
+  the bucket holds a token;
 - ``dropped_undeliverable``: the producer gave up on it (its retries ran out after
   ``delivery_timeout_ms``, or the record cannot be produced at all: too large, the topic
   refused, no metadata within ``max_block_ms``);
