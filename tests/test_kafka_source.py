@@ -3,6 +3,7 @@ commits with metadata, lag, end offsets, pause/resume, rebalances."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaTimeoutError
 
+from agent import kafka_compat
 from agent.checkpoint import Checkpoint
 from agent.kafka_source import KafkaSettings, KafkaSource, _changes
 from agent.source import Poll, RawRecord
@@ -362,3 +364,27 @@ def test_no_partition_is_caught_up_while_the_group_rebalances(kafka_bootstrap: s
             poll_until(source, lambda ps: all(p.caught_up for p in source.progress().values()))
         finally:
             visitor.close(autocommit=False)
+
+
+def test_the_join_watchdog_rejoins_and_the_group_still_forms(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member that does not complete its join within ``join_timeout_s`` starts over with a
+    new consumer, without a LeaveGroup; here the join waits for a member that died mid-join
+    (its session expires after 6 s), and the rejoins do not keep the group from forming."""
+    topic = new_topic(kafka_bootstrap, 2)
+    cfg = settings(kafka_bootstrap, topic)
+    dead = KafkaConsumer(**cfg.consumer_config())
+    dead.subscribe([topic])
+    dead.poll(timeout_ms=300)
+    kafka_compat.forget_membership(dead)  # gone without a word, like a SIGKILL
+    dead.close(autocommit=False)
+    with (
+        caplog.at_level(logging.WARNING, "agent.kafka_source"),
+        KafkaSource(cfg, join_timeout_s=5.0) as source,
+    ):
+        # A member abandoned by a rejoin may be in the first generation formed (it holds a
+        # partition until its session expires); then the group forms again without it.
+        poll_until(source, lambda ps: source.ready() and len(source.assignment()) == 2, 45.0)
+    rejoins = [r.getMessage() for r in caplog.records if "joining again" in r.getMessage()]
+    assert rejoins and all(f"group {cfg.group_id} not joined" in m for m in rejoins), rejoins
