@@ -347,23 +347,38 @@ def test_no_partition_is_caught_up_while_the_group_rebalances(kafka_bootstrap: s
             return len(progress) == 2 and all(p.caught_up for p in progress.values())
 
         poll_until(source, lambda ps: caught_up())
-        visitor = KafkaConsumer(**{**cfg.consumer_config(), "client_id": "zzz-visitor"})
+        visiting = threading.Event()
+        visitor_held: list[set[TopicPartition]] = []
+
+        def visit() -> None:  # polls on its own, as a member of another process would
+            visitor = KafkaConsumer(**{**cfg.consumer_config(), "client_id": "zzz-visitor"})
+            try:
+                visitor.subscribe([topic])
+                while visiting.is_set():
+                    visitor.poll(timeout_ms=200)
+                    visitor_held.append(set(visitor.assignment()))
+            finally:
+                visitor.close(autocommit=False)
+
+        visiting.set()
+        thread = threading.Thread(target=visit)
+        thread.start()
         try:
-            visitor.subscribe([topic])
             seen: list[dict[TopicPartition, bool]] = []
-            deadline = time.monotonic() + JOIN_TIMEOUT_S
-            while not visitor.assignment():
-                assert time.monotonic() < deadline, "the visitor was not assigned"
-                visitor.poll(timeout_ms=50)
-                source.poll(timeout_ms=50)
+
+            def rebalanced(polls: list[Poll]) -> bool:
                 if not source.stable():
                     seen.append({tp: p.caught_up for tp, p in source.progress().items()})
+                return bool(visitor_held and visitor_held[-1]) and source.stable()
+
+            poll_until(source, rebalanced, 45.0)
             assert any(seen) and not any(any(s.values()) for s in seen), seen
-            poll_until(source, lambda ps: source.stable() and bool(source.assignment()))
+            assert len(source.assignment()) == 1
             assert not any(p.caught_up for p in source.progress().values())
             poll_until(source, lambda ps: all(p.caught_up for p in source.progress().values()))
         finally:
-            visitor.close(autocommit=False)
+            visiting.clear()
+            thread.join()
 
 
 def test_the_join_watchdog_rejoins_and_the_group_still_forms(
