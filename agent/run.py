@@ -141,7 +141,7 @@ class Agent:
                     source,
                     stop=self.stop,
                     on_rejects=self.dead_letters.send if self.dead_letters is not None else None,
-                    before_commit=self._flush_dead_letters,
+                    before_commit=lambda: self._flush_dead_letters(last=source.finished()),
                     on_turn=lambda: self._turn(source),
                 ).run()
                 if self.settings.until_end:
@@ -193,13 +193,13 @@ class Agent:
             **s.kafka_security(),
         )
 
-    def _flush_dead_letters(self) -> bool:
+    def _flush_dead_letters(self, *, last: bool) -> bool:
         """Before each commit: are the dead letters it covers acknowledged? A short wait keeps
         the loop polling (a False skips this commit; the next turn tries again); the last
-        commit, once stopping, waits longer."""
+        commit, once stopping or at the end of a bounded run, waits longer."""
         if self.dead_letters is None:
             return True
-        return self.dead_letters.flush(5.0 if self.stop.is_set() else 0.5)
+        return self.dead_letters.flush(5.0 if last or self.stop.is_set() else 0.5)
 
 
 def run(settings: Settings) -> int:
