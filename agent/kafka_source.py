@@ -61,6 +61,7 @@ from sketches.errors import EmbmonError
 from . import kafka_compat
 from .checkpoint import Checkpoint
 from .source import Partition, PartitionProgress, Poll, RawRecord
+from .tls_probe import KafkaTlsError, tls_refusal
 
 __all__ = ["KafkaSettings", "KafkaSource", "KafkaUnreachableError", "connect"]
 
@@ -540,6 +541,8 @@ def connect(
     (1 s, doubling up to 30 s). ``on_wait()`` runs a few times a second meanwhile (liveness).
     With ``give_up_after_s`` it raises :class:`KafkaUnreachableError` after that long.
     Errors other than Kafka's (a bad option, an untested kafka-python) are raised at once.
+    So is a TLS handshake the broker refuses, or whose certificate is refused
+    (:class:`~agent.tls_probe.KafkaTlsError`): a setting to fix, not an outage.
     """
     deadline = float("inf") if give_up_after_s is None else time.monotonic() + give_up_after_s
     servers = settings.bootstrap_servers
@@ -555,6 +558,7 @@ def connect(
             return attempt.source
         if not isinstance(attempt.error, KafkaError):
             raise cast(BaseException, attempt.error)
+        _raise_if_tls_refused(settings, where)
         last = f"{type(attempt.error).__name__}: {attempt.error}"
         log.warning(
             "cannot reach Kafka at %s (attempt %d): %s; retrying in %.0f s",
@@ -572,6 +576,25 @@ def connect(
         f"attempt(s), last error {last}; check bootstrap_servers and that the brokers are up, "
         "or raise join_timeout"
     )
+
+
+def _raise_if_tls_refused(settings: KafkaSettings, where: str) -> None:
+    """A refused TLS handshake is a setting to fix, not an outage to wait out: raise
+    :class:`~agent.tls_probe.KafkaTlsError` (``embmon run`` exits 2) instead of retrying."""
+    if "SSL" not in settings.security_protocol:
+        return
+    reason = tls_refusal(
+        settings.bootstrap_servers,
+        cafile=settings.ssl_cafile,
+        certfile=settings.ssl_certfile,
+        keyfile=settings.ssl_keyfile,
+        check_hostname=bool(settings.extra.get("ssl_check_hostname", True)),
+    )
+    if reason is not None:
+        raise KafkaTlsError(
+            f"TLS with Kafka at {where} refused: {reason}; check ssl_cafile, ssl_certfile, "
+            "ssl_keyfile and ssl_check_hostname"
+        )
 
 
 def _wait(

@@ -171,6 +171,14 @@ def _assert_consumed_nothing(agent: AgentProcess) -> None:
     assert not window_counts(agent.out)
 
 
+def _exits_on_tls_refusal(agent: AgentProcess, pattern: str) -> None:
+    """A refused TLS handshake is fatal: exit 2 with one ``embmon: error:`` line naming why."""
+    assert agent.wait_exit(timeout_s=REFUSAL_TIMEOUT_S) == 2, agent.log_tail()
+    errors = [line for line in agent.log_text().splitlines() if line.startswith("embmon: error:")]
+    assert len(errors) == 1 and "TLS with Kafka at" in errors[0], agent.log_tail()
+    assert re.search(pattern, errors[0]), errors[0]
+
+
 def _assert_no_traceback(agent: AgentProcess) -> None:
     assert "Traceback" not in agent.log_text(), agent.log_text()[-3000:]
 
@@ -203,7 +211,7 @@ def test_tls_with_a_ca_that_did_not_sign_the_broker_is_refused(
     offset = tls_broker.tls_log_offset()
     flags = _ssl_flags(pki, ca=pki.rogue_ca)
     with _agent(tls_broker.bootstrap_servers, topic, reference, tmp_path / "out", flags) as agent:
-        _wait_log(agent, r"CERTIFICATE_VERIFY_FAILED", "the certificate verification error")
+        _exits_on_tls_refusal(agent, r"CERTIFICATE_VERIFY_FAILED")
         _assert_consumed_nothing(agent)
         _assert_no_traceback(agent)
     assert "unknown ca" in tls_broker.tls_log_since(offset)
@@ -239,11 +247,12 @@ def test_client_certificate_is_required(
     offset = mtls_broker.tls_log_offset()
     if client == "none":
         flags, server_says = _ssl_flags(pki), "peer did not return a certificate"
+        agent_says = "CERTIFICATE_REQUIRED"
     else:
         flags = _ssl_flags(pki, client=(pki.rogue_client_cert, pki.rogue_client_key))
-        server_says = "certificate verify failed"
+        server_says, agent_says = "certificate verify failed", "UNKNOWN_CA"
     with _agent(mtls_broker.bootstrap_servers, topic, reference, tmp_path / "out", flags) as agent:
-        _wait_log(agent, r"Bootstrap connection to \S+ failed", "a failed bootstrap")
+        _exits_on_tls_refusal(agent, agent_says)
         wait_for(
             lambda: server_says in mtls_broker.tls_log_since(offset),
             f"stunnel to log {server_says!r}",
@@ -260,7 +269,7 @@ def test_broker_certificate_for_another_host_is_refused_by_default(
     with _agent(
         wrong_host_broker.bootstrap_servers, topic, reference, tmp_path / "out", _ssl_flags(pki)
     ) as agent:
-        _wait_log(agent, r"IP address mismatch", "the host name check failing")
+        _exits_on_tls_refusal(agent, r"IP address mismatch")
         _assert_consumed_nothing(agent)
         _assert_no_traceback(agent)
 
