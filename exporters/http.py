@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .web_config import REALM, BasicAuth, WebConfig, load_web_config
+from .web_config import REALM, LiveWebConfig, WebConfig
 
 __all__ = ["PROBE_PATHS", "Health", "MetricsServer"]
 
@@ -62,7 +62,9 @@ class Health:
 class MetricsServer:
     """Serves the registry on ``host:port``; TLS and basic auth as ``web_config`` says (a
     web-config file; None: plain HTTP, no auth). A bad file raises
-    :class:`~exporters.web_config.WebConfigError` here, before anything listens."""
+    :class:`~exporters.web_config.WebConfigError` here, before anything listens; changes to
+    it, or to the files it names, apply to the next connections
+    (:class:`~exporters.web_config.LiveWebConfig`)."""
 
     def __init__(
         self,
@@ -73,10 +75,11 @@ class MetricsServer:
         *,
         web_config: str | Path | None = None,
     ):
-        self.web_config = load_web_config(web_config) if web_config is not None else None
-        config = self.web_config or WebConfig("")
-        handler = _handler(registry, health, config.basic_auth, config.headers)
-        self._server = _Server(_strip_brackets(host), port, handler, config.ssl_context)
+        live = LiveWebConfig(web_config) if web_config is not None else None
+        plain = WebConfig("")
+        config: Callable[[], WebConfig] = (lambda: live.current) if live else (lambda: plain)
+        handler = _handler(registry, health, config)
+        self._server = _Server(_strip_brackets(host), port, handler, config)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="embmon-http", daemon=True
         )
@@ -123,9 +126,10 @@ class _Server(ThreadingHTTPServer):
         host: str,
         port: int,
         handler: type[BaseHTTPRequestHandler],
-        context: ssl.SSLContext | None,
+        config: Callable[[], WebConfig],
     ) -> None:
-        self.context = context
+        self._config = config
+        self.context = config().ssl_context  # whether it serves TLS: fixed at start
         self.failed_handshakes = 0
         self._count = threading.Lock()
         if host:  # "" stays the IPv4 wildcard, as before
@@ -144,10 +148,11 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()
-        if self.context is None:
+        context = self._config().ssl_context  # the current one: certificates may be renewed
+        if context is None:
             return sock, address
         try:  # no I/O yet: the handshake happens in the worker thread (finish_request)
-            return self.context.wrap_socket(
+            return context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
             ), address
         except OSError:
@@ -175,16 +180,14 @@ class _Server(ThreadingHTTPServer):
 
 
 def _handler(
-    registry: CollectorRegistry,
-    health: Health,
-    auth: BasicAuth | None,
-    headers: Mapping[str, str],
+    registry: CollectorRegistry, health: Health, config: Callable[[], WebConfig]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_S
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            auth = config().basic_auth
             if (
                 auth is not None
                 and path not in PROBE_PATHS
@@ -216,7 +219,7 @@ def _handler(
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            for name, value in {**headers, **(extra or {})}.items():
+            for name, value in {**config().headers, **(extra or {})}.items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)

@@ -64,12 +64,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import ssl
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,7 +80,16 @@ import yaml
 
 from sketches.errors import EmbmonError
 
-__all__ = ["BasicAuth", "WebConfig", "WebConfigError", "load_web_config", "parse_web_config"]
+__all__ = [
+    "BasicAuth",
+    "LiveWebConfig",
+    "WebConfig",
+    "WebConfigError",
+    "load_web_config",
+    "parse_web_config",
+]
+
+log = logging.getLogger(__name__)
 
 REALM = "embmon"
 
@@ -178,6 +189,8 @@ class WebConfig:
     basic_auth: BasicAuth | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     client_auth_type: str = "NoClientCert"
+    files: tuple[Path, ...] = ()
+    """The web-config file and the files it names: a change to one reloads the config."""
 
 
 def load_web_config(path: str | Path) -> WebConfig:
@@ -193,7 +206,69 @@ def load_web_config(path: str | Path) -> WebConfig:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise WebConfigError(f"web config {path} is not valid YAML: {_where(exc)}") from None
-    return parse_web_config(document, source=str(path), base_dir=path.parent)
+    config = parse_web_config(document, source=str(path), base_dir=path.parent)
+    return replace(config, files=(path, *config.files))
+
+
+class LiveWebConfig:
+    """The web config of ``path``, read again when it or a file it names changes (a renewed
+    certificate, a new user), as the exporter toolkit does; looked at most every ``every_s``.
+
+    A change that does not load (a half-written file, a key that does not match its
+    certificate yet) is logged and the last good config stays; so does one that would switch
+    between HTTP and HTTPS, which needs a restart (clients and probes would break).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = Path(path)
+        self._config = load_web_config(self._path)
+        self._stamps = _stamps(self._config.files)
+        self._every, self._clock = every_s, clock
+        self._checked = clock()
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> WebConfig:
+        with self._lock:
+            if self._clock() - self._checked >= self._every:
+                self._checked = self._clock()
+                self._reload_if_changed()
+            return self._config
+
+    def _reload_if_changed(self) -> None:
+        stamps = _stamps(self._config.files)
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
+        try:
+            config = load_web_config(self._path)
+        except WebConfigError as exc:
+            log.warning("web config changed but does not load, keeping the last good one: %s", exc)
+            return
+        if (config.ssl_context is None) != (self._config.ssl_context is None):
+            log.warning("web config %s switches HTTP/HTTPS: restart to apply it", self._path)
+            return
+        self._config, self._stamps = config, _stamps(config.files)
+        log.info("web config %s reloaded", self._path)
+
+
+def _stamps(files: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime in ns, size) of each file, None for one that cannot be read now."""
+    out: list[tuple[int, int] | None] = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def parse_web_config(
@@ -207,13 +282,14 @@ def parse_web_config(
         context, client_auth = p.tls(top["tls_server_config"])
     headers = p.http(top.get("http_server_config"))
     auth = p.users(top.get("basic_auth_users"))
-    return WebConfig(source, context, auth, headers, client_auth)
+    return WebConfig(source, context, auth, headers, client_auth, tuple(p.files))
 
 
 class _Parser:
     def __init__(self, source: str, base_dir: Path) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.files: list[Path] = []
 
     def fail(self, key: str, problem: str) -> NoReturn:
         where = f"{key}: " if key else ""
@@ -248,6 +324,7 @@ class _Parser:
         path = self.base_dir / self.string(value, key)
         if not path.is_file():
             self.fail(key, f"no such file {path}")
+        self.files.append(path)
         return path
 
     def tls(self, value: Any) -> tuple[ssl.SSLContext, str]:

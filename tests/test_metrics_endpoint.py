@@ -511,6 +511,59 @@ def _bad_configs(pki: Pki, tmp: Path) -> list[tuple[str, Any, str]]:
     ]
 
 
+def _served_cn(server: MetricsServer, context: ssl.SSLContext) -> str:
+    """The common name of the certificate the server presents to a new connection."""
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        subject = dict(pair[0] for pair in tls.getpeercert()["subject"])
+        return str(subject["commonName"])
+
+
+def _logged(
+    server: MetricsServer, context: ssl.SSLContext, caplog: pytest.LogCaptureFixture, text: str
+) -> bool:
+    """After one more connection (the config is looked at when one comes), is ``text`` logged?"""
+    get(server, "/healthz", context=context)
+    return text in caplog.text
+
+
+def test_a_renewed_certificate_and_a_new_user_apply_without_a_restart(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _leaf(pki.dir, "ca", "renewed",
+          "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")  # fmt: skip
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    config = write_config(tmp_path, {"tls_server_config": tls, "basic_auth_users": {USER: HASH}})
+    context = pki.client_context()
+    with serving(config) as server:
+        assert _served_cn(server, context) == "server"
+        assert get(server, context=context, authorization=basic(USER, PASSWORD)).status == 200
+        # The key first: until the certificate follows, the pair does not load and the last
+        # good config keeps serving.
+        shutil.copy(pki.dir / "renewed.key", key)
+        wait_until(lambda: _logged(server, context, caplog, "does not load"), timeout_s=10)
+        assert _served_cn(server, context) == "server"
+        shutil.copy(pki.dir / "renewed.crt", cert)
+        wait_until(lambda: _served_cn(server, context) == "renewed", timeout_s=10, what="renewal")
+        other = b"a new password"
+        users = {"basic_auth_users": {USER: bcrypt.hashpw(other, bcrypt.gensalt(4)).decode()}}
+        write_config(tmp_path, {"tls_server_config": tls, **users})
+        wait_until(
+            lambda: get(server, context=context, authorization=basic(USER, other)).status == 200,
+            timeout_s=10,
+            what="the new password",
+        )
+        assert get(server, context=context, authorization=basic(USER, PASSWORD)).status == 401
+        write_config(tmp_path, {"basic_auth_users": users["basic_auth_users"]})  # plain HTTP
+        wait_until(lambda: _logged(server, context, caplog, "restart to apply"), timeout_s=10)
+        assert _served_cn(server, context) == "renewed"
+
+
 def test_bad_web_config_files_give_clear_errors_without_secrets(pki: Pki, tmp_path: Path) -> None:
     cases = _bad_configs(pki, tmp_path)
     for name, document, expected in cases:
