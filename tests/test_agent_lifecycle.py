@@ -199,33 +199,41 @@ class _Trickle(threading.Thread):
 
 def _visit(bootstrap: str, topic: str, group: str, agent: AgentProcess) -> None:
     """A plain consumer joins the group for a moment (taking partition 1: the range assignor
-    orders members by id and ``zzz-visitor`` sorts after ``embmon``), then leaves."""
-    visitor = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        client_id="zzz-visitor",
-        enable_auto_commit=False,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        max_poll_interval_ms=10000,
-    )
+    orders members by id and ``zzz-visitor`` sorts after ``embmon``), then leaves. It polls
+    in a thread of its own, as a member in another process would: a join on a loaded machine
+    can take a while, and a poll loop shared with the waiting would stall it."""
+    held: list[set[int]] = []
+    visiting = threading.Event()
+    visiting.set()
+
+    def visit() -> None:
+        visitor = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            client_id="zzz-visitor",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=10000,
+        )
+        try:
+            visitor.subscribe([topic])
+            while visiting.is_set():
+                visitor.poll(timeout_ms=200)
+                held.append({tp.partition for tp in visitor.assignment()})
+        finally:
+            visitor.close(autocommit=False)
+
+    thread = threading.Thread(target=visit, name="visitor", daemon=True)
+    thread.start()
     try:
-        visitor.subscribe([topic])
-        wait_for(
-            lambda: visitor.poll(timeout_ms=100) is not None and visitor.assignment(),
-            "the visitor assigned",
-            timeout_s=30,
-            agents=[agent],
-        )
-        assert {tp.partition for tp in visitor.assignment()} == {1}
-        held_until = time.monotonic() + 2.0
-        wait_for(
-            lambda: visitor.poll(timeout_ms=100) is not None and time.monotonic() > held_until,
-            "the visitor's stay",
-            agents=[agent],
-        )
+        wait_for(lambda: held and held[-1], "the visitor assigned", timeout_s=60, agents=[agent])
+        assert held[-1] == {1}
+        stay_until = time.monotonic() + 2.0
+        wait_for(lambda: time.monotonic() > stay_until, "the visitor's stay", agents=[agent])
     finally:
-        visitor.close(autocommit=False)
+        visiting.clear()
+        thread.join(timeout=30)
 
 
 def test_a_rebalance_does_not_make_a_trickling_partition_look_caught_up(
