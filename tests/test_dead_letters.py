@@ -484,7 +484,7 @@ class ProduceGate:
                 if dropped.is_set():
                     return
                 server.sendall(frame)
-        except OSError:
+        except OSError:  # either side closed: this link of the proxy is over
             pass
         finally:
             _shut(server)
@@ -494,7 +494,7 @@ class ProduceGate:
         try:
             while chunk := server.recv(65536):
                 client.sendall(chunk)
-        except OSError:
+        except OSError:  # either side closed: this link of the proxy is over
             pass
         finally:
             _shut(client)
