@@ -33,6 +33,7 @@ __all__ = [
     "DeadLetterCounts",
     "EmbmonCollector",
     "LabelBudget",
+    "ProfileCounts",
     "Snapshot",
     "term_label",
     "window_families",
@@ -104,6 +105,25 @@ class DeadLetterCounts:
 
 
 @dataclass(frozen=True)
+class ProfileCounts:
+    """Partial window profiles of the scaled layout (``embmon run --role collector|evaluator``).
+
+    A collector counts ``published`` (partial profiles it published to the profiles topic); an
+    evaluator counts ``merged`` (partials merged into their windows), ``duplicate`` (partials
+    dropped as already merged: a collector published one again after a crash or a refused
+    commit), ``late`` (partials of windows already emitted complete: dropped, their events
+    counted late) and ``pending`` (partials received, waiting for their seal or for a gap before
+    them). A side that is None is not this member's: its metric families are not exported.
+    """
+
+    published: int | None = None
+    merged: int | None = None
+    duplicate: int | None = None
+    late: int | None = None
+    pending: int | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the agent has counted and closed at one instant (``agent.accounting`` makes it)."""
 
@@ -125,6 +145,10 @@ class Snapshot:
     held_windows: int = 0
     dead_letters: DeadLetterCounts | None = None
     """None when there is no dead-letter topic (a replay, or ``dead_letter_topic`` unset)."""
+    profiles: ProfileCounts | None = None
+    """None but in the scaled layout's collectors and evaluators (see :class:`ProfileCounts`)."""
+    partitions_owned: int | None = None
+    """Partitions this member holds; None until the agent first says (a replay never does)."""
 
 
 class EmbmonCollector(Collector):
@@ -260,6 +284,54 @@ class EmbmonCollector(Collector):
         )
         if s.dead_letters is not None:
             yield from _dead_letter_families(s.dead_letters)
+        if s.profiles is not None:
+            yield from _profile_families(s.profiles)
+        if s.partitions_owned is not None:
+            yield GaugeMetricFamily(
+                "embmon_partitions_owned",
+                "Partitions this member holds (of the events topic for a collector, of the "
+                "profiles topic for an evaluator).",
+                value=s.partitions_owned,
+            )
+
+
+def _profile_families(counts: ProfileCounts) -> Iterator[Metric]:
+    """The scaled layout's partial-profile counts: each family only on the side that counts it
+    (``published`` on collectors, the others on evaluators)."""
+    counters = (
+        (
+            "published",
+            counts.published,
+            "Partial window profiles published to the profiles topic (collectors only).",
+        ),
+        (
+            "merged",
+            counts.merged,
+            "Partial window profiles merged into their windows (evaluators only).",
+        ),
+        (
+            "duplicate",
+            counts.duplicate,
+            "Partial window profiles dropped as already merged: published again after a "
+            "collector's crash or refused commit (evaluators only).",
+        ),
+        (
+            "late",
+            counts.late,
+            "Partial window profiles dropped because their window was already emitted "
+            "complete; their events count as late (evaluators only).",
+        ),
+    )
+    for name, value, doc in counters:
+        if value is not None:
+            yield CounterMetricFamily(f"embmon_profiles_{name}", doc, value=value)
+    if counts.pending is not None:
+        yield GaugeMetricFamily(
+            "embmon_profiles_pending",
+            "Partial window profiles received and waiting for their seal or for a gap before "
+            "them (evaluators only).",
+            value=counts.pending,
+        )
 
 
 def _dead_letter_families(counts: DeadLetterCounts) -> Iterator[Metric]:
@@ -329,6 +401,12 @@ def window_families(
                 [*ms, "term"],
             ),
             ("embmon_window_events", "Events in the last closed window.", ms),
+            (
+                "embmon_window_complete",
+                "1 if the last closed window's record is complete, 0 if partial: evaluated "
+                "after its grace period without every collector's part.",
+                ms,
+            ),
             ("embmon_last_window_end_timestamp_seconds", "End of the last closed window.", ms),
         ]
     }
@@ -367,6 +445,7 @@ def window_families(
             for label, share in shares.items():
                 put("embmon_frequent_term_ratio", [*base, label], share)
         put("embmon_window_events", base, float(record.events))
+        put("embmon_window_complete", base, float(record.complete))
         put("embmon_last_window_end_timestamp_seconds", base, float(record.end))
     if not term_labels:
         del g["embmon_frequent_term_ratio"]

@@ -1,7 +1,10 @@
 """The record of a closed window: what ``windows.jsonl`` holds and every output is built from.
 
 One :class:`WindowRecord` per closed (model, segment, window); see docs/contracts.md for the
-JSON. The Prometheus collector, the console table, the report and the OpenMetrics backfill all
+JSON. In the scaled layout (``embmon run --role evaluator``) a window not complete after its
+grace period is emitted as a *partial* record (``complete`` false) and emitted again when the
+missing part arrives, so a log may hold several records of one key: the last one stands
+(``exporters.windows_log.latest_windows``). The Prometheus collector, the console table, the report and the OpenMetrics backfill all
 read these records, so a replay and a live run can never disagree on what a window showed.
 :class:`SegmentKey` computes a segment's label once, canonically (keys sorted), so the live
 series and a backfilled history of one segment are the same Prometheus series.
@@ -124,7 +127,19 @@ class WindowRecord:
     """A closed window of one (model, segment): its drift verdicts and its read-outs.
 
     ``start`` and ``end`` are epoch seconds; ``reference`` is the version of the reference that
-    judged it.
+    judged it. ``complete`` is false for a *partial* record: an evaluator judged the window
+    after its grace period without every collector's part (a later record of the same
+    :attr:`key` supersedes it). A single process always writes complete records.
+
+    >>> from sketches.drift import DriftResult
+    >>> r = WindowRecord("m", SegmentKey(), 0, 60, 5, {"closest_centroid":
+    ...     DriftResult("hellinger", 0.1, 0.2, False)}, {"a": 1.0}, {}, "r", complete=False)
+    >>> r.to_json()["complete"], WindowRecord.from_json(r.to_json()) == r
+    (False, True)
+    >>> old = r.to_json()
+    >>> del old["complete"]
+    >>> WindowRecord.from_json(old).complete  # written before the field existed
+    True
     """
 
     model: str
@@ -141,6 +156,7 @@ class WindowRecord:
     predictions: Mapping[str, float] | None = None
     frequent_terms: tuple[tuple[str, int], ...] = ()
     text: TextSummary | None = None
+    complete: bool = True
 
     @property
     def drifted(self) -> bool:
@@ -148,7 +164,7 @@ class WindowRecord:
 
     @property
     def key(self) -> tuple[str, SegmentKey, int]:
-        """(model, segment, start): one record per key in a run's output."""
+        """(model, segment, start): one window; the last record of a key in a log stands."""
         return self.model, self.segment, self.start
 
     @classmethod
@@ -160,8 +176,11 @@ class WindowRecord:
         end: int,
         profile: WindowProfile,
         drift: Mapping[str, DriftResult],
+        *,
+        complete: bool = True,
     ) -> WindowRecord:
-        """The record of a closed window's final profile and its drift results."""
+        """The record of a closed window's final profile and its drift results (``complete``
+        false: the profile lacks a part, see :class:`WindowRecord`)."""
         confusion, text = profile.confusion, profile.text
         classification = None
         if confusion.total:
@@ -204,6 +223,7 @@ class WindowRecord:
             predictions=profile.predictions.ratios() if profile.predictions.total else None,
             frequent_terms=tuple(text.terms.top(TOP_TERMS)) if text.documents else (),
             text=summary,
+            complete=complete,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -215,6 +235,7 @@ class WindowRecord:
             window_start=format_time(self.start),
             window_end=format_time(self.end),
             events=self.events,
+            complete=self.complete,
             drifted=self.drifted,
             drift={name: result.to_dict() for name, result in self.drift.items()},
             closest_centroid=dict(self.closest_centroid),
@@ -290,7 +311,15 @@ class WindowRecord:
             predictions=obj.get("predictions"),
             frequent_terms=tuple((str(term), int(n)) for term, n in obj.get("frequent_terms", [])),
             text=None if t is None else _text_summary(t),
+            complete=_flag(obj.get("complete", True), "complete"),
         )
+
+
+def _flag(value: object, name: str) -> bool:
+    """A JSON boolean (``"false"`` or ``0`` is no flag: refused, not read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def _text_summary(t: Mapping[str, Any]) -> TextSummary:

@@ -5,6 +5,10 @@ this module draws them, plus each drift score against its threshold, for every (
 found in a windows log, so a backtest reads like the seed without a hosted dashboard. The page
 is self-contained (PNGs inlined as base64) and the PNGs are also written next to it.
 
+Each window is shown as its last record in the log (``windows_log.last_per_key``): a window an
+evaluator emitted partial and later complete shows once, complete. A window whose last record
+is still partial is marked ``partial`` in its table row and on the charts' window axis.
+
 >>> import tempfile
 >>> from exporters.records import SegmentKey
 >>> from sketches.drift import DriftResult
@@ -43,7 +47,7 @@ from exporters.report_charts import (
     frequent_terms_chart,
     prediction_chart,
 )
-from exporters.windows_log import read_windows
+from exporters.windows_log import last_per_key, latest_windows
 from sketches.errors import FormatError
 
 __all__ = ["main", "render_report", "write_report"]
@@ -102,14 +106,18 @@ table{border-collapse:collapse;font-size:.88rem;margin:.8rem 0}
 th,td{border-bottom:1px solid #e3e3e3;padding:.3rem .6rem;text-align:left;vertical-align:top}
 th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.drifted td{background:#fdf1f1}.badge{color:#fff;background:#d62728;border-radius:3px;
-padding:0 .35rem;font-size:.8rem}code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}
+padding:0 .35rem;font-size:.8rem}.badge.partial{background:#8a6d3b}tr.partial td{font-style:italic}
+code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}
 """
 
 
 def render_report(
     records: Iterable[WindowRecord], out_dir: Path, title: str = "embmon drift report"
 ) -> Path:
-    """Write ``index.html`` and one PNG per chart and (model, segment) into ``out_dir``."""
+    """Write ``index.html`` and one PNG per chart and (model, segment) into ``out_dir``.
+
+    ``records`` may hold several records of a window (as a windows.jsonl may): the last stands.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = _group(records)
     body: list[str] = [f"<h1>{html.escape(title)}</h1>", _overview(groups)]
@@ -157,7 +165,7 @@ def render_report(
 def write_report(windows_jsonl: Path, out_dir: Path) -> Path:
     """``embmon report``: the report of one windows log; returns the ``index.html`` path."""
     try:
-        records = list(read_windows(windows_jsonl))
+        records = latest_windows(windows_jsonl)
     except orjson.JSONDecodeError as error:
         raise FormatError(
             f"{windows_jsonl}: a line is not valid JSON ({error}); is this a windows.jsonl file?"
@@ -192,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _group(records: Iterable[WindowRecord]) -> dict[tuple[str, str], Timeline]:
-    """Windows per (model, segment label), in time order; groups in first-seen order."""
+    """Windows per (model, segment label), in time order, the last record of each window;
+    groups in first-seen order."""
     grouped: dict[tuple[str, str], list[WindowRecord]] = {}
-    for record in records:
+    for record in last_per_key(records):
         grouped.setdefault((record.model or "default", record.segment.label), []).append(record)
     return {
         key: Timeline(sorted(windows, key=lambda w: w.start)) for key, windows in grouped.items()
@@ -206,6 +215,7 @@ def _overview(groups: Mapping[tuple[str, str], Timeline]) -> str:
     if not windows:
         return '<p class="note">The input holds no windows: nothing to chart yet.</p>'
     drifted = sum(w.drifted for w in windows)
+    partial = sum(not w.complete for w in windows)
     references = sorted({w.reference for w in windows if w.reference})
     lines = [
         f"{len(windows)} windows of {len(groups)} model/segment series, "
@@ -214,6 +224,12 @@ def _overview(groups: Mapping[tuple[str, str], Timeline]) -> str:
         'Window dates printed in <span style="color:#d62728;font-weight:bold">red</span> '
         "are windows where at least one drift metric crossed its threshold.",
     ]
+    if partial:
+        lines.append(
+            f"<strong>{partial}</strong> partial: evaluated after the grace period without every "
+            "collector's part, so judged on fewer events than the window had "
+            '(marked <span class="badge partial">partial</span>, and "(partial)" on the charts).'
+        )
     if references:
         lines.append(
             "Reference: " + ", ".join(f"<code>{html.escape(r)}</code>" for r in references)
@@ -241,8 +257,11 @@ def _summary_table(t: Timeline) -> str:
         closest = w.closest_centroid
         top = max(closest, key=lambda name: closest[name]) if closest else None
         terms = " ".join(term for term, _ in w.frequent_terms[:5])
+        start = html.escape(_stamp(w.start))
+        if not w.complete:
+            start += ' <span class="badge partial">partial</span>'
         cells = [
-            _cell(html.escape(_stamp(w.start))),
+            _cell(start),
             _cell(str(w.events), numeric=True),
             _cell('<span class="badge">drift</span>' if w.drifted else ""),
             _cell(html.escape(", ".join(m for m, r in w.drift.items() if r.drifted))),
@@ -251,7 +270,10 @@ def _summary_table(t: Timeline) -> str:
             _cell(html.escape(f"{top} ({closest[top]:.0%})") if top is not None else "–"),
             _cell(html.escape(terms) or "–"),
         ]
-        klass = ' class="drifted"' if w.drifted else ""
+        classes = " ".join(
+            name for name, on in (("drifted", w.drifted), ("partial", not w.complete)) if on
+        )
+        klass = f' class="{classes}"' if classes else ""
         rows.append(f"<tr{klass}>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 

@@ -3,7 +3,8 @@
 Figures are built with the object API (``matplotlib.figure.Figure``, rendered by Agg on save),
 never pyplot, so drawing a report changes no global backend state and is safe in any process.
 Every chart puts windows on the x axis in time order, and prints the dates of drifted windows
-in red, so the charts of one (model, segment) line up with each other and with the drift chart.
+in red, so the charts of one (model, segment) line up with each other and with the drift chart;
+a partial window's date (see ``WindowRecord.complete``) says "(partial)", in italics.
 Each builder returns ``None`` when no window carries its data, for the page to say so.
 """
 
@@ -60,12 +61,16 @@ class Timeline:
 
     @cached_property
     def ticks(self) -> list[str]:
-        """Window start labels: dates for daily (or longer) windows, else date and time."""
+        """Window start labels: dates for daily (or longer) windows, else date and time; a
+        partial window's says so."""
         starts = [datetime.fromtimestamp(w.start, UTC) for w in self.windows]
         daily = all(s.hour == s.minute == s.second == 0 for s in starts) and all(
             w.end - w.start >= 86_400 for w in self.windows
         )
-        return [s.strftime("%b %d" if daily else "%b %d\n%H:%M") for s in starts]
+        return [
+            s.strftime("%b %d" if daily else "%b %d\n%H:%M") + ("" if w.complete else "\n(partial)")
+            for s, w in zip(starts, self.windows, strict=True)
+        ]
 
     @cached_property
     def drifted(self) -> list[bool]:
@@ -333,7 +338,8 @@ def _stacked(t: Timeline, shares: Sequence[Mapping[str, float]], title: str) -> 
 
 
 def _window_axis(ax: Axes, t: Timeline, rug: bool = True) -> None:
-    """Window labels on x (thinned when many), drifted windows' labels in bold red.
+    """Window labels on x (thinned when many), drifted windows' labels in bold red, partial
+    windows' in italics.
 
     With ``rug``, a red mark above the plot flags every drifted window, labelled or not.
     """
@@ -357,6 +363,8 @@ def _window_axis(ax: Axes, t: Timeline, rug: bool = True) -> None:
         if t.drifted[i]:
             label.set_color(_DRIFT)
             label.set_fontweight("bold")
+        if not t.windows[i].complete:
+            label.set_fontstyle("italic")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,15 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.accounting import Accounting
 from exporters.http import Health, MetricsServer
-from exporters.prometheus import TERM_LABEL_MAX, EmbmonCollector, Snapshot, term_label
+from exporters.prometheus import (
+    TERM_LABEL_MAX,
+    EmbmonCollector,
+    ProfileCounts,
+    Snapshot,
+    term_label,
+)
 from exporters.records import SegmentKey, TextSummary, WindowRecord
 from exporters.web_config import WebConfigError, load_web_config
 from sketches.drift import DriftResult
@@ -696,3 +703,168 @@ def test_real_prometheus_scrapes_over_tls_with_basic_auth(pki: Pki, tmp_path: Pa
             assert [r["value"][1] for r in result] == ["1"]
             terms = prometheus_query(prometheus.url, "embmon_frequent_term_ratio")["result"]
             assert {r["metric"]["term"] for r in terms} == {term_label(t) for t in BAD_TERMS}
+
+
+# --- partial windows and the scaled layout's counts -------------------------------------------
+
+
+def _samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample by sample name (counters as ``…_total``), as Prometheus' parser reads it."""
+    text = generate_latest(registry).decode("utf-8")
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def _scaled_registry(accounting: Accounting, max_segments: int = 50) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    EmbmonCollector(accounting.snapshot, max_segments=max_segments).register(registry)
+    return registry
+
+
+def test_window_complete_follows_the_latest_record_of_each_series() -> None:
+    accounting = Accounting(window_seconds=3600.0)
+    registry = _scaled_registry(accounting)
+    eu = SegmentKey.of({"region": "eu"})
+    partial = replace(_record([]), segment=eu, events=60, complete=False)
+    accounting.closed([_record([]), partial], open_windows=0, watermark=None)
+    with serving(registry=registry) as server:
+        body = get(server).body
+    assert "# HELP embmon_window_complete 1 if the last closed window's record is complete" in body
+    assert "# TYPE embmon_window_complete gauge" in body
+    assert 'embmon_window_complete{model="news",segment=""} 1.0' in body
+    assert 'embmon_window_complete{model="news",segment="region=eu"} 0.0' in body
+    # The same labels as every per-window gauge.
+    complete = {
+        tuple(sorted(labels.items())) for labels, _ in _samples(registry)["embmon_window_complete"]
+    }
+    events = {
+        tuple(sorted(labels.items())) for labels, _ in _samples(registry)["embmon_window_events"]
+    }
+    assert complete == events and len(complete) == 2
+
+    # The missing part arrives: the window is emitted again, complete, and replaces the partial.
+    accounting.closed([replace(partial, events=100, complete=True)], open_windows=0, watermark=None)
+    values = {labels["segment"]: v for labels, v in _samples(registry)["embmon_window_complete"]}
+    assert values == {"": 1.0, "region=eu": 1.0}
+    closed = _samples(registry)["embmon_windows_closed_total"]
+    assert closed == [({"model": "news"}, 2.0)]  # the re-evaluation is not another window
+
+
+def test_window_complete_of_a_folded_series_is_its_latest_windows() -> None:
+    accounting = Accounting(window_seconds=3600.0)
+    registry = _scaled_registry(accounting, max_segments=1)
+    segments = [SegmentKey.of({"region": r}) for r in ("a", "b", "c")]  # admitted in this order
+    first, *folded = [replace(_record([]), segment=s) for s in segments]
+    later = replace(folded[1], start=first.end, end=first.end + 3600, complete=False)
+    accounting.closed([first, folded[0], later], open_windows=0, watermark=None)
+    values = {labels["segment"]: v for labels, v in _samples(registry)["embmon_window_complete"]}
+    assert values == {"region=a": 1.0, "other": 0.0}  # c's window is the later
+
+
+def test_an_older_window_emitted_again_does_not_take_its_series_back() -> None:
+    accounting = Accounting(window_seconds=3600.0)
+    registry = _scaled_registry(accounting)
+    old = replace(_record([]), complete=False)
+    new = replace(_record([]), start=old.end, end=old.end + 3600, events=7)
+    accounting.closed([old, new], open_windows=0, watermark=None)
+    accounting.closed([replace(old, complete=True)], open_windows=0, watermark=None)
+    samples = _samples(registry)
+    assert samples["embmon_window_events"] == [({"model": "news", "segment": ""}, 7.0)]
+    assert samples["embmon_window_complete"] == [({"model": "news", "segment": ""}, 1.0)]
+
+
+SCALED = (
+    "embmon_profiles_published_total",
+    "embmon_profiles_merged_total",
+    "embmon_profiles_duplicate_total",
+    "embmon_profiles_late_total",
+    "embmon_profiles_pending",
+    "embmon_partitions_owned",
+)
+
+
+def test_a_single_process_exports_no_profile_counts() -> None:
+    accounting = Accounting(window_seconds=3600.0)
+    registry = _scaled_registry(accounting)
+    accounting.closed([_record([])], open_windows=0, watermark=None)
+    samples = _samples(registry)
+    assert not set(SCALED) & set(samples)
+    assert samples["embmon_window_complete"] == [({"model": "news", "segment": ""}, 1.0)]
+
+
+def test_a_collector_exports_published_and_partitions_owned() -> None:
+    accounting = Accounting(window_seconds=3600.0)
+    registry = _scaled_registry(accounting)
+    accounting.count_profiles(published=0)
+    accounting.set_partitions_owned(4)
+    samples = _samples(registry)
+    assert {name for name in SCALED if name in samples} == {
+        "embmon_profiles_published_total",
+        "embmon_partitions_owned",
+    }
+    assert samples["embmon_profiles_published_total"] == [({}, 0.0)]
+    accounting.count_profiles(published=3)
+    accounting.count_profiles(published=2)
+    accounting.set_partitions_owned(2)  # after a rebalance
+    samples = _samples(registry)
+    assert samples["embmon_profiles_published_total"] == [({}, 5.0)]
+    assert samples["embmon_partitions_owned"] == [({}, 2.0)]
+
+
+def test_an_evaluator_exports_its_four_families_together() -> None:
+    accounting = Accounting(window_seconds=3600.0)
+    registry = _scaled_registry(accounting)
+    accounting.count_profiles(merged=5)
+    samples = _samples(registry)
+    assert {name for name in SCALED if name in samples} == {
+        "embmon_profiles_merged_total",
+        "embmon_profiles_duplicate_total",
+        "embmon_profiles_late_total",
+        "embmon_profiles_pending",
+    }
+    accounting.count_profiles(merged=2, duplicate=1)
+    accounting.count_profiles(late=3)
+    accounting.set_profiles_pending(4)
+    with serving(registry=registry) as server:
+        body = get(server).body
+    for line in (
+        "# TYPE embmon_profiles_merged_total counter",
+        "embmon_profiles_merged_total 7.0",
+        "embmon_profiles_duplicate_total 1.0",
+        "embmon_profiles_late_total 3.0",
+        "# TYPE embmon_profiles_pending gauge",
+        "embmon_profiles_pending 4.0",
+    ):
+        assert line in body.splitlines(), line
+    assert "# HELP embmon_profiles_duplicate_total Partial window profiles dropped" in body
+    accounting.set_profiles_pending(0)
+    assert _samples(registry)["embmon_profiles_pending"] == [({}, 0.0)]
+
+
+def test_profile_counts_only_grow() -> None:
+    accounting = Accounting()
+    with pytest.raises(ValueError, match="only grow"):
+        accounting.count_profiles(merged=-1)
+    assert accounting.snapshot().profiles is None
+
+
+def test_snapshot_profile_counts_export_only_the_fields_set() -> None:
+    """The collector over a hand-made snapshot (no ``Accounting``): None fields are not exported."""
+    snapshot = Snapshot(
+        version="test", reference_version="r1", reference_f1=None, window_seconds=3600.0,
+        lateness_seconds=0.0, events={}, rejected={}, replayed=0, windows_closed={}, latest=(),
+        lag={}, open_windows=0, watermark=None,
+        profiles=ProfileCounts(duplicate=2), partitions_owned=0,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    EmbmonCollector(lambda: snapshot).register(registry)
+    samples = _samples(registry)
+    assert {name for name in SCALED if name in samples} == {
+        "embmon_profiles_duplicate_total",
+        "embmon_partitions_owned",
+    }
+    assert samples["embmon_profiles_duplicate_total"] == [({}, 2.0)]
+    assert samples["embmon_partitions_owned"] == [({}, 0.0)]

@@ -14,6 +14,7 @@ from matplotlib.image import imread
 
 from exporters.records import SegmentKey, WindowRecord
 from exporters.report import main, render_report, write_report
+from exporters.report_charts import Timeline
 from exporters.windows_log import WindowsLog, read_windows
 from sketches.drift import DriftResult
 from sketches.errors import FormatError
@@ -209,3 +210,40 @@ def test_command_line(
     assert main(["--windows", str(log.path), "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "index.html")
     assert (tmp_path / "news-drift.png").exists()
+
+
+def test_a_window_shows_its_last_record_and_a_partial_one_is_marked(
+    windows: list[WindowRecord], tmp_path: Path
+) -> None:
+    """A log with a window emitted partial then complete, and one still partial at the end."""
+    bare = _bare(windows)
+    log = WindowsLog(tmp_path)
+    log.append([replace(bare[0], events=11, complete=False), *bare[1:5]])
+    log.append([replace(bare[0], events=29, complete=False)])  # more of it, still partial
+    log.append([bare[0], replace(bare[5], events=17, complete=False)])  # day 1 now complete
+    log.append([replace(bare[6], events=23, complete=False)])
+    page = write_report(log.path, tmp_path / "out").read_text(encoding="utf-8")
+
+    rows = re.findall(r"<tr[ >].*?</tr>", page)[1:]
+    assert len(rows) == len(windows)  # one row per window, whatever its records
+    starts = re.findall(r"<tr[^>]*><td>(\d{4}-\d\d-\d\d)", page)
+    assert starts == [f"2026-11-{20 + day}" for day in range(7)]  # in time order
+    numbers = [re.findall(r'<td class="num">(\d+)</td>', row)[0] for row in rows]
+    assert numbers[0] == str(bare[0].events) and numbers[5:] == ["17", "23"]
+    partial = [row for row in rows if '<span class="badge partial">partial</span>' in row]
+    assert [re.findall(r'<td class="num">(\d+)</td>', row)[0] for row in partial] == ["17", "23"]
+    assert page.count('<tr class="drifted partial">') == 2  # days 6 and 7 drifted
+    assert page.count('<tr class="drifted">') == 1
+    assert "<strong>2</strong> partial" in page
+    assert f"{len(windows)} windows of 1 model/segment series" in page
+
+
+def test_a_log_without_partial_windows_mentions_none(rendered: tuple[Path, str]) -> None:
+    _, page = rendered
+    body = page.split("</style>", 1)[1]
+    assert "partial" not in body
+
+
+def test_chart_ticks_mark_partial_windows(windows: list[WindowRecord]) -> None:
+    marked = [replace(w, complete=i != 2) for i, w in enumerate(windows[:3])]
+    assert Timeline(marked).ticks == ["Nov 20", "Nov 21", "Nov 22\n(partial)"]
