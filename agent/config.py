@@ -167,6 +167,24 @@ class Settings:
         metadata={"help": "leave and rejoin the group if a join has not completed after this"},
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    role: str = field(
+        default="all",
+        metadata={
+            "help": "all (one process), collector (events in, partial profiles out) or "
+            "evaluator (partial profiles in, windows and metrics out)"
+        },
+    )
+    profiles_topic: str | None = field(
+        default=None,
+        metadata={"help": "topic of partial profiles between collectors and evaluators"},
+    )
+    grace: str = field(
+        default="2m",
+        metadata={
+            "help": "evaluator: a window still not complete this long after some input "
+            "partition passed it is emitted partial (complete false)"
+        },
+    )
 
     def kafka_security(self) -> dict[str, Any]:
         """The security keyword arguments for kafka-python (only those set).
@@ -329,4 +347,13 @@ def load_settings(
     settings = Settings(**values)
     if settings.time_mode not in ("event", "processing"):
         raise ConfigError(f"time_mode must be event or processing, got {settings.time_mode!r}")
+    if settings.role not in ("all", "collector", "evaluator"):
+        raise ConfigError(f"role must be all, collector or evaluator, got {settings.role!r}")
+    if settings.role != "all" and not settings.profiles_topic:
+        raise ConfigError(f"role {settings.role} needs profiles_topic (--profiles-topic)")
+    if settings.role != "all" and settings.time_mode != "event":
+        raise ConfigError(
+            "roles collector and evaluator need time_mode event: windows by arrival time "
+            "cannot be cut the same by whoever reads a partition"
+        )
     return settings

@@ -17,13 +17,55 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
-from .decode import Reject
-from .pipeline import Pipeline
+from .accounting import Accounting
+from .checkpoint import Checkpoint
+from .decode import DecodedBatch, Reject
 from .source import Partition, Poll, RawRecord, Source
 
-__all__ = ["Driver"]
+__all__ = ["Driver", "Stage", "Store"]
+
+
+class Store(Protocol):
+    """The state a stage keeps per partition: ``agent.windows.WindowStore`` for the single
+    process, ``agent.chunks.ChunkStore`` for a collector, ``agent.evaluator.Shards``."""
+
+    @property
+    def open_windows(self) -> int: ...
+
+    def assign(self, partition: Partition, checkpoint: Checkpoint | None) -> None: ...
+
+    def revoke(self, partitions: Iterable[Partition]) -> None: ...
+
+    def advance(self, partition: Partition, position: int, *, caught_up: bool) -> None: ...
+
+    def commit_offsets(self) -> Mapping[Partition, Checkpoint]: ...
+
+    def paused_partitions(self) -> frozenset[Partition]: ...
+
+
+class Stage(Protocol):
+    """What the driver runs: ``agent.pipeline.Pipeline`` (``--role all`` and replays),
+    ``agent.collector.Collector`` or ``agent.evaluator.Evaluator``."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def accounting(self) -> Accounting: ...
+
+    @property
+    def behind(self) -> bool: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def ingest(self, partition: Partition, records: Sequence[RawRecord]) -> DecodedBatch: ...
+
+    def close(self, everything: bool = False) -> Sequence[object]: ...
+
 
 log = logging.getLogger("embmon")
 
@@ -34,12 +76,13 @@ class Driver:
     ``on_rejects(partition, rejects)`` sees every rejected record (dead letters);
     ``before_commit()`` runs before each commit, which is skipped when it returns False (dead
     letters not yet delivered: their records are read again); ``on_turn()`` runs once per
-    turn (liveness, progress).
+    turn (liveness, progress); ``finished()`` says when a bounded run is over (default: when
+    the source is).
     """
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Stage,
         source: Source,
         *,
         stop: threading.Event | None = None,
@@ -48,6 +91,7 @@ class Driver:
         on_rejects: Callable[[Partition, tuple[Reject, ...]], None] | None = None,
         before_commit: Callable[[], bool] | None = None,
         on_turn: Callable[[], None] | None = None,
+        finished: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pipeline = pipeline
@@ -58,6 +102,7 @@ class Driver:
         self._on_rejects = on_rejects
         self._before_commit = before_commit
         self._on_turn = on_turn
+        self._finished = finished or source.finished
         self._clock = clock
         self._last_commit = float("-inf")
         self._draining = False
@@ -66,7 +111,7 @@ class Driver:
         """Turn until ``stop`` is set or the source is finished (then close everything)."""
         while not self.stop.is_set():
             self.turn()
-            if self.source.finished():
+            if self._finished():
                 self._draining = True
                 if self.pipeline.done:
                     self._commit(force=True)
@@ -76,11 +121,11 @@ class Driver:
     def turn(self) -> None:
         if self._on_turn is not None:
             self._on_turn()
-        busy = self.pipeline.behind or (self._draining and self.pipeline.store.open_windows > 0)
+        store = self.pipeline.store
+        busy = self.pipeline.behind or (self._draining and store.open_windows > 0)
         poll = self.source.poll(0 if busy else self._poll_timeout)
         self._apply_assignment(poll)
         self._ingest(poll.records)
-        store = self.pipeline.store
         progress = self.source.progress()
         for partition, state in progress.items():
             store.advance(partition, state.position, caught_up=state.caught_up)

@@ -209,6 +209,9 @@ class KafkaSource:
     broker drops it after its session timeout, and until then it may be given partitions that
     no one reads. Keep ``join_timeout_s`` well above the session timeout plus the broker's join
     delay (Tansu 0.6: 3 s); at 3 s, on Tansu, a member rejoined 8 times before its group formed.
+
+    With ``lookback=True`` a partition assigned with a committed offset ``o`` is read from
+    ``o - 1``: a collector reads the watermark off that record (``agent.chunks``).
     """
 
     def __init__(
@@ -218,8 +221,10 @@ class KafkaSource:
         until_end: bool = False,
         idle_ms: int = 1500,
         join_timeout_s: float | None = None,
+        lookback: bool = False,
     ) -> None:
         self._settings = settings
+        self._lookback = lookback
         self._idle_s = idle_ms / 1000
         self._join_timeout_s = join_timeout_s
         self._at_end_since: dict[TopicPartition, tuple[int, float]] = {}  # (position, since)
@@ -257,12 +262,27 @@ class KafkaSource:
         final = frozenset(self._consumer.assignment())
         revoked, fresh = _changes(self._held, self._listener.drain(), final)
         self._held = final
+        assigned = {tp: Checkpoint.from_committed(self.committed(tp)) for tp in sorted(fresh)}
+        rewound = self._look_back(assigned) if self._lookback else set()
         records: list[RawRecord] = []
         for tp, batch in batches.items():
-            records.extend(self._trim(tp, batch))
+            if tp not in rewound:
+                records.extend(self._trim(tp, batch))
         self._pause_finished()
-        assigned = {tp: Checkpoint.from_committed(self.committed(tp)) for tp in sorted(fresh)}
         return Poll(records, frozenset(revoked), MappingProxyType(dict(assigned)))
+
+    def _look_back(
+        self, assigned: Mapping[TopicPartition, Checkpoint | None]
+    ) -> set[TopicPartition]:
+        """Rewind each newly assigned partition to the record before its committed offset
+        (``lookback``); returns them (records this poll fetched for them are dropped, they come
+        again after that one)."""
+        rewound = set()
+        for tp, checkpoint in assigned.items():
+            if checkpoint is not None and checkpoint.offset > 0:
+                self._consumer.seek(tp, checkpoint.offset - 1)
+                rewound.add(tp)
+        return rewound
 
     def stable(self) -> bool:
         """Whether this member is in a group generation it completed the join of."""
@@ -400,10 +420,22 @@ class KafkaSource:
         if current - wanted:
             self._consumer.resume(*(current - wanted))
 
+    def partitions_of(self, topic: str) -> int:
+        """How many partitions ``topic`` has (from the consumer's metadata)."""
+        found = self._consumer.partitions_for_topic(topic)
+        if not found:
+            raise KafkaError(f"topic {topic} has no partitions known (does it exist?)")
+        return len(found)
+
     def end_offsets(
-        self, partitions: Iterable[TopicPartition] | None = None, *, timeout_s: float = 30.0
+        self,
+        partitions: Iterable[TopicPartition] | None = None,
+        *,
+        topics: Sequence[str] | None = None,
+        timeout_s: float = 30.0,
     ) -> dict[TopicPartition, int]:
-        """The offset after the last record of each partition (default: all of the topics).
+        """The offset after the last record of each partition (default: all partitions of
+        ``topics``, default this source's).
 
         Uses a short-lived consumer outside the group: the larger of ListOffsets' answer and
         the high watermark of a fetch from there (see the module docstring for why both).
@@ -415,7 +447,7 @@ class KafkaSource:
             if partitions is None:
                 tps = [
                     TopicPartition(topic, p)
-                    for topic in self._settings.topics
+                    for topic in topics or self._settings.topics
                     for p in sorted(probe.partitions_for_topic(topic))
                 ]
             else:

@@ -66,13 +66,14 @@ class WindowLedger:
         )
 
     def missing_from(self, log: str | Path) -> list[WindowKey]:
-        """Persisted windows whose record a crash kept out of the ``windows.jsonl`` at ``log``."""
+        """Persisted windows whose record a crash kept out of the ``windows.jsonl`` at ``log``
+        (a partial record of the window does not count: the ledger holds final windows)."""
         keys = self.keys()
         if not keys:
             return []
         logged = set()
         if Path(log).exists():
-            logged = {WindowKey(*r.key) for r in read_windows(log)}
+            logged = {WindowKey(*r.key) for r in read_windows(log) if r.complete}
         return [key for key in keys if key not in logged]
 
 

@@ -23,17 +23,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from exporters.profile_sink import ProfileSink
 from exporters.records import WindowRecord
-from exporters.windows_log import WindowsLog
 from sketches.batch import EventBatch
-from sketches.drift import evaluate
 from sketches.profile import WindowProfile
 from sketches.reference import Reference
 
 from .accounting import Accounting
 from .decode import DecodedBatch, Decoder, RecordLike
-from .ledger import WindowLedger
+from .output import WindowOutput
 from .source import Partition
 from .window_caps import Caps
 from .window_types import ClosedWindow
@@ -75,30 +72,31 @@ class Pipeline:
     ) -> None:
         self.reference = reference
         self.decoder = decoder
-        self.log = WindowsLog(out_dir)
-        self.sink = ProfileSink(out_dir)
-        self.ledger = WindowLedger(out_dir)
         self.accounting = accounting or Accounting()
         self.accounting.window_seconds = window.total_seconds()
         self.accounting.lateness_seconds = lateness.total_seconds()
         self.accounting.reference_version = reference.version
         self.accounting.reference_f1 = reference.classification_f1
         self.on_close = on_close
-        self._window_seconds = int(window.total_seconds())
+        self.output = WindowOutput(
+            out_dir,
+            reference,
+            self.accounting,
+            window_seconds=int(window.total_seconds()),
+            retry_every_s=retry_every_s,
+            timer=timer,
+        )
         self._close_budget = close_budget_s
-        self._retry_every = retry_every_s
         self._timer = timer
-        self._retry_at = float("-inf")
         self._caps = caps or Caps()
         self._logged: Counter[str] = Counter()
-        self._log_behind = not self._recover()
         self.behind = False
         """The last ``close`` ran out of time with due windows left."""
         self.store: WindowStore[WindowProfile, EventBatch] = WindowStore(
             window=window,
             factory=self._new_profile,
             lateness=lateness,
-            persisted=self.ledger.keys(),
+            persisted=self.output.ledger.keys(),
             time_mode=time_mode,
             clock=clock,
             max_windows_ahead=max_windows_ahead,
@@ -157,12 +155,9 @@ class Pipeline:
         """Close what is due (or everything) and persist it, for at most ``close_budget_s``;
         returns the records persisted. Windows left over come out of the next calls."""
         deadline = self._timer() + self._close_budget
-        if self._log_behind:
-            self._log_behind = not self._recover()
-        self.behind = False
-        """The last ``close`` ran out of time with due windows left."""
+        self.output.catch_up()
         pending: list[ClosedWindow[WindowProfile]] = []
-        if self.store.held and self._timer() >= self._retry_at:
+        if self.store.held and self.output.retry_due:
             pending = self.store.take_held()
         records: list[WindowRecord] = []
         self.behind = False
@@ -196,45 +191,10 @@ class Pipeline:
         return not self.store.open_windows and not self.store.held
 
     def _persist(self, windows: list[ClosedWindow[WindowProfile]]) -> list[WindowRecord]:
-        """Profile files, then ledger lines, then log records; what fails is held."""
-        written: list[ClosedWindow[WindowProfile]] = []
-        failed: list[ClosedWindow[WindowProfile]] = []
-        for window in windows:
-            key = window.key
-            try:
-                self.sink.write(key.model, key.segment, key.start, window.profile)
-            except OSError as exc:
-                self._persist_failed(f"window {key.model} {key.start}", exc)
-                failed.append(window)
-            else:
-                written.append(window)
-        try:
-            self.ledger.append(window.key for window in written)
-        except OSError as exc:
-            self._persist_failed(f"ledger ({len(written)} windows)", exc)
-            failed += written
-            written = []
+        """Persist ``windows`` (``agent.output``); what fails is held for another try."""
+        records, failed = self.output.persist(windows)
         self.store.hold(failed)
-        records = [self._record(w.key, w.end, w.profile) for w in written]
-        try:
-            self.log.append(records)
-        except OSError as exc:
-            # The windows are persisted (their profiles and ledger lines are); the log is
-            # written again from them by the next close.
-            self._persist_failed(f"windows.jsonl ({len(records)} records)", exc)
-            self._log_behind = True
         return records
-
-    def _persist_failed(self, what: str, exc: OSError) -> None:
-        self.accounting.count(persist_errors=1)
-        self._retry_at = self._timer() + self._retry_every
-        self._warn(
-            "persist",
-            "could not persist %s, trying again in %.0f s: %s",
-            what,
-            self._retry_every,
-            exc,
-        )
 
     def _warn(self, kind: str, message: str, *args: object) -> None:
         """Log the first few warnings of each kind (the counters count them all)."""
@@ -253,23 +213,3 @@ class Pipeline:
             caps.max_models,
             caps.max_segments,
         )
-
-    def _record(self, key: WindowKey, end: int, profile: WindowProfile) -> WindowRecord:
-        drift = evaluate(profile, self.reference)
-        return WindowRecord.from_profile(key.model, key.segment, key.start, end, profile, drift)
-
-    def _recover(self) -> bool:
-        """Write the records of windows persisted just before a crash (or a failed append)
-        cut off their log line; False if that failed too."""
-        missing = self.ledger.missing_from(self.log.path)
-        if missing:
-            log.warning("writing %d window record(s) missing from windows.jsonl", len(missing))
-        try:
-            self.log.append(
-                self._record(key, key.start + self._window_seconds, self.sink.read(*key))
-                for key in missing
-            )
-        except OSError as exc:
-            self._persist_failed(f"windows.jsonl ({len(missing)} records)", exc)
-            return False
-        return True

@@ -21,15 +21,18 @@ from prometheus_client import CollectorRegistry
 
 from exporters.http import Health, MetricsServer
 from exporters.prometheus import EmbmonCollector
+from exporters.records import WindowRecord
 from exporters.table import format_row
 from sketches.reference import Reference
 
 from .accounting import Accounting
+from .collector import Collector, Publisher
 from .config import Settings, load_settings
 from .dead_letters import DeadLetters
 from .decode import Decoder
-from .driver import Driver
+from .driver import Driver, Stage
 from .durations import parse_duration
+from .evaluator import Evaluator
 from .fields import FieldMap
 from .kafka_source import KafkaSettings, KafkaSource, connect
 from .ledger import prepare_out
@@ -78,29 +81,91 @@ class Agent:
             max_event_bytes=settings.max_event_bytes,
             max_future_s=parse_duration(settings.max_future).total_seconds() or None,
         )
-        self.pipeline = Pipeline(
-            self.reference,
-            decoder,
-            window=parse_duration(settings.window),
-            out_dir=prepare_out(settings.out, resume=True),
-            lateness=parse_duration(settings.lateness),
-            time_mode=cast(Literal["event", "processing"], settings.time_mode),
-            clock=clock,
-            max_windows_ahead=settings.watermark_lead_windows,
-            accounting=self.accounting,
-            on_close=lambda record: log.info("window closed: %s", format_row(record)),
-            caps=Caps(settings.max_models, settings.max_segments, settings.max_open_windows),
-        )
+        self.window = parse_duration(settings.window)
+        self.lateness = parse_duration(settings.lateness)
+        self.publisher: Publisher | None = None
+        self._source: KafkaSource | None = None
+        self.pipeline: Stage
+        if settings.role == "collector":
+            self.pipeline = self._collector(decoder)
+        elif settings.role == "evaluator":
+            self.pipeline = self._evaluator()
+        else:
+            self.pipeline = Pipeline(
+                self.reference,
+                decoder,
+                window=self.window,
+                out_dir=prepare_out(settings.out, resume=True),
+                lateness=self.lateness,
+                time_mode=cast(Literal["event", "processing"], settings.time_mode),
+                clock=clock,
+                max_windows_ahead=settings.watermark_lead_windows,
+                accounting=self.accounting,
+                on_close=_log_closed,
+                caps=Caps(settings.max_models, settings.max_segments, settings.max_open_windows),
+            )
         self.stop = threading.Event()
         self.dead_letters = self._new_dead_letters()
 
-    def kafka_settings(self) -> KafkaSettings:
+    def _collector(self, decoder: Decoder) -> Collector:
+        """Events in, chunks of partial profiles out to ``profiles_topic``."""
         s = self.settings
+        self.publisher = Publisher(self._profiles_producer, cast(str, s.profiles_topic))
+        return Collector(
+            self.reference,
+            decoder,
+            self.publisher,
+            window=self.window,
+            lateness=self.lateness,
+            accounting=self.accounting,
+        )
+
+    def _evaluator(self) -> Evaluator:
+        """Partial profiles in, windows out: ``--out`` and the metrics, as ``--role all``."""
+        s = self.settings
+        return Evaluator(
+            self.reference,
+            topics=s.topics,
+            window=self.window,
+            lateness=self.lateness,
+            grace=parse_duration(s.grace),
+            out_dir=prepare_out(s.out, resume=True),
+            shards=lambda: self._connected().partitions_of(cast(str, s.profiles_topic)),
+            ends=(lambda: self._connected().end_offsets(topics=s.topics)) if s.until_end else None,
+            accounting=self.accounting,
+            on_close=_log_closed,
+        )
+
+    def _connected(self) -> KafkaSource:
+        if self._source is None:
+            raise RuntimeError("not connected to Kafka yet")
+        return self._source
+
+    def _profiles_producer(self) -> KafkaProducer:
+        """Keeps each partition's records in order (one request in flight, retried): a seal
+        never overtakes its pieces."""
+        s = self.settings
+        return KafkaProducer(
+            bootstrap_servers=[b.strip() for b in s.bootstrap_servers.split(",") if b.strip()],
+            client_id=f"{s.client_id}-profiles",
+            acks="all",
+            max_in_flight_requests_per_connection=1,
+            linger_ms=5,
+            max_request_size=16 * 1024 * 1024,
+            max_block_ms=5000,
+            **s.kafka_security(),
+        )
+
+    def kafka_settings(self) -> KafkaSettings:
+        """The consumer: of the inference topics, or of the profiles topic for an evaluator
+        (in its own group, ``<group_id>-evaluators``)."""
+        s = self.settings
+        evaluator = s.role == "evaluator"
         security = s.kafka_security()  # reads the password file, if one is set
         return KafkaSettings(
             bootstrap_servers=[b.strip() for b in s.bootstrap_servers.split(",") if b.strip()],
-            topics=s.topics,
-            group_id=s.group_id,
+            topics=[cast(str, s.profiles_topic)] if evaluator else s.topics,
+            group_id=f"{s.group_id}-evaluators" if evaluator else s.group_id,
             client_id=s.client_id,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
@@ -135,6 +200,8 @@ class Agent:
             if source is None:
                 log.info("stopped before connecting to Kafka")
                 return 0
+            self._source = source
+            finished = self.pipeline.finished if isinstance(self.pipeline, Evaluator) else None
             with source:
                 Driver(
                     self.pipeline,
@@ -143,12 +210,15 @@ class Agent:
                     on_rejects=self.dead_letters.send if self.dead_letters is not None else None,
                     before_commit=lambda: self._flush_dead_letters(last=source.finished()),
                     on_turn=lambda: self._turn(source),
+                    finished=finished,
                 ).run()
                 if self.settings.until_end:
                     log.info("reached the end offsets seen at start; all windows closed")
         finally:
             if self.dead_letters is not None:
                 self.dead_letters.close()
+            if self.publisher is not None:
+                self.publisher.close()
             if server is not None:
                 server.stop()
         return 0
@@ -163,8 +233,9 @@ class Agent:
             self.stop,
             give_up_after_s=join_timeout if self.settings.until_end else None,
             on_wait=self.health.tick,
-            until_end=self.settings.until_end,
+            until_end=self.settings.until_end and self.settings.role != "evaluator",
             join_timeout_s=join_timeout,
+            lookback=self.settings.role == "collector",
         )
 
     def _turn(self, source: KafkaSource) -> None:
@@ -200,6 +271,10 @@ class Agent:
         if self.dead_letters is None:
             return True
         return self.dead_letters.flush(5.0 if last or self.stop.is_set() else 0.5)
+
+
+def _log_closed(record: WindowRecord) -> None:
+    log.info("window closed: %s", format_row(record))
 
 
 def run(settings: Settings) -> int:

@@ -153,7 +153,7 @@ def run_demo(
         )
         agent = Agent(settings)
         agent.run()
-    records = list(read_windows(agent.pipeline.log.path))
+    records = list(read_windows(out / "windows.jsonl"))
     _table(records, scenario)
     _say("5/5 writing the report…")
     index = write_report(out / "windows.jsonl", out / "report")
