@@ -161,6 +161,8 @@ class Collector:
         self.accounting.window_seconds = window.total_seconds()
         self.accounting.lateness_seconds = lateness.total_seconds()
         self.accounting.reference_version = reference.version
+        self.accounting.count_profiles(published=0)  # series from zero
+        self.accounting.set_partitions_owned(0)
         self.store: ChunkStore[WindowProfile] = ChunkStore(
             window=window, factory=lambda key: reference.new_profile(), lateness=lateness
         )

@@ -101,6 +101,7 @@ class Evaluator:
         self.accounting.lateness_seconds = lateness.total_seconds()
         self.accounting.reference_version = reference.version
         self.accounting.reference_f1 = reference.classification_f1
+        self.accounting.count_profiles(merged=0, duplicate=0, late=0)  # series from zero
         self.on_close = on_close
         self.output = WindowOutput(
             out_dir,

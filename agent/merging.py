@@ -12,7 +12,10 @@ until the next tail or the chunk. A seal starting before the chain's end is a co
 applied (a collector published again after a crash): dropped with its pieces. One starting past
 it waits for the chunk in between (for ``gap_timeout_s`` at most, then the chain restarts there,
 with a warning). A shard that starts (from its committed offset) takes each partition's first
-seal as the chain's start: every window whose pieces came before that offset is persisted.
+seal as the chain's start: every window whose pieces came before that offset is persisted. That
+first seal may be a late copy of a chunk applied before the offset, followed by a gap (the
+chunks after it were applied before the offset too): until a chain has put a piece into a
+window still open, a gap restarts it instead of waiting.
 
 Closing, by the single process's watermark rules over the input partitions: the watermark is
 the smallest of the partitions that are not caught up (the largest when all are), a partition's
@@ -73,6 +76,7 @@ class _Chain:
     final: bool
     tail: Seal | None = None
     tail_rejected: Counter[str] = field(default_factory=Counter)
+    rebase: bool = True  # no piece of an open window yet: its start may be a stale copy
 
     @property
     def covered(self) -> int:
@@ -158,8 +162,10 @@ class Shard:
         if chain is not None and span.start < chain.next:
             return self._drop(record)
         if chain is not None and span.start > chain.next:
-            self._gaps[span.source][span.start] = (offset, record, self._timer())
-            return Applied()
+            if not chain.rebase:
+                self._gaps[span.source][span.start] = (offset, record, self._timer())
+                return Applied()
+            chain.next = span.start  # the chain began at a copy: what lies between is done
         applied = self._apply(record)
         self._fill_gaps(span.source, applied)
         return applied
@@ -172,7 +178,8 @@ class Shard:
         span = seal.span
         source = span.source
         pieces = self._pending.pop(_pending_key(seal), [])
-        if len(pieces) != seal.pieces:
+        chain = self._chains.get(source)
+        if chain is not None and len(pieces) != seal.pieces:
             log.warning(
                 "chunk %s/%s [%d, %d) has %d piece(s) on this shard, its seal counts %d",
                 *source,
@@ -181,7 +188,6 @@ class Shard:
                 len(pieces),
                 seal.pieces,
             )
-        chain = self._chains.get(source)
         if chain is None:
             chain = self._chains[source] = _Chain(span.start, None, False, False)
         applied = Applied()
@@ -205,6 +211,7 @@ class Shard:
                 window.merged = profile if window.merged is None else window.merged.merge(profile)
             applied.merged += 1
             applied.events[key.model] += piece.events - counted.get(key, 0)
+            chain.rebase = False
         if self._counts_rejects(source):
             rejected = Counter(seal.rejected)
             rejected.subtract(chain.tail_rejected)

@@ -10,6 +10,12 @@ distance quantiles must sit within the sketch's rank error of the single process
 
 from __future__ import annotations
 
+import os
+import random
+import re
+import signal
+import threading
+import time
 import uuid
 from collections import Counter
 from contextlib import ExitStack
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from kafka import KafkaProducer
 
 from exporters.profile_sink import ProfileSink
 from exporters.records import SegmentKey, parse_time
@@ -29,9 +36,12 @@ from tests.agent_scenarios import (
     MODEL,
     T0,
     AgentProcess,
+    Metrics,
     digits_events,
     digits_reference,
+    iso,
     produce_events,
+    wait_for,
     window_records,
 )
 from tests.broker import new_topic
@@ -67,19 +77,7 @@ def _late_copies(values: list[bytes], hour: int, count: int) -> list[bytes]:
 @pytest.fixture(scope="module")
 def traffic(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Traffic:
     reference = digits_reference(tmp_path_factory)
-    main = digits_events(windows=HOURS, per_window=240, window_s=HOUR, shifted_windows=(3,))
-    other = digits_events(windows=HOURS, per_window=90, window_s=HOUR, seed=5, model=OTHER)
-    values: list[bytes] = []
-    for hour in range(HOURS):
-        mine = [e.value for e in main if e.window_start == T0 + hour * HOUR]
-        theirs = [e.value for e in other if e.window_start == T0 + hour * HOUR]
-        mixed = [v for pair in zip(mine, theirs, strict=False) for v in pair]
-        mixed += mine[len(theirs) :]
-        if hour:  # after each partition has shown this hour, events of the hour before
-            mixed[3 * PARTITIONS : 3 * PARTITIONS] = _late_copies(mine, hour, PARTITIONS)
-        values += mixed
-    for i, bad in enumerate(BAD):
-        values.insert(len(values) // 2 + i, bad)
+    values = _hours(HOURS, 240, 90)
     topic = new_topic(kafka_bootstrap, PARTITIONS, prefix="scaled")
     produce_events(kafka_bootstrap, topic, PARTITIONS, values)
     return Traffic(topic, reference, values)
@@ -192,3 +190,256 @@ def test_three_collectors_and_an_evaluator_give_the_single_process_windows(
         sum(r["events"] for r in scaled.values())
         == len(traffic.values) - len(BAD) - (HOURS - 1) * PARTITIONS
     )
+
+
+def _collector(
+    kafka_bootstrap: str,
+    traffic: Traffic,
+    out: Path,
+    group: str,
+    profiles: str,
+    name: str,
+    *,
+    until_end: bool = True,
+    extra: tuple[str, ...] = (),
+) -> AgentProcess:
+    return AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=traffic.topic,
+        group=group,
+        reference=traffic.reference,
+        out=out.parent / name,
+        window="1h",
+        until_end=until_end,
+        extra=["--role", "collector", "--profiles-topic", profiles, *extra],
+        name=name,
+    )
+
+
+def _evaluator(
+    kafka_bootstrap: str,
+    traffic: Traffic,
+    out: Path,
+    group: str,
+    profiles: str,
+    name: str,
+    *,
+    until_end: bool = True,
+    extra: tuple[str, ...] = (),
+) -> AgentProcess:
+    return AgentProcess(
+        bootstrap=kafka_bootstrap,
+        topic=traffic.topic,
+        group=group,
+        reference=traffic.reference,
+        out=out,
+        window="1h",
+        until_end=until_end,
+        extra=["--role", "evaluator", "--profiles-topic", profiles, *extra],
+        name=name,
+    )
+
+
+def _assigned(agent: AgentProcess) -> bool:
+    return "partition assigned" in agent.log_text()
+
+
+def test_a_window_a_collector_holds_back_is_emitted_partial_then_complete(
+    kafka_bootstrap: str, traffic: Traffic, tmp_path: Path
+) -> None:
+    """One collector stops (SIGSTOP) right after it is assigned its partitions; the other
+    reads its own to the end. Past the grace period the evaluator emits the windows the other
+    partitions passed as partial; once the stopped collector goes on, they come out complete,
+    with the single process's counts."""
+    single_out, out = tmp_path / "single", tmp_path / "scaled"
+    _single(kafka_bootstrap, traffic, single_out)
+    single = _by_key(window_records(single_out))
+    profiles = new_topic(kafka_bootstrap, PROFILE_PARTITIONS, prefix="profiles")
+    group = _group()
+    slow = _collector(kafka_bootstrap, traffic, out, group, profiles, "slow")
+    fast = _collector(kafka_bootstrap, traffic, out, group, profiles, "fast")
+    evaluator = _evaluator(
+        kafka_bootstrap,
+        traffic,
+        out,
+        group,
+        profiles,
+        "evaluator",
+        until_end=False,
+        extra=("--grace", "2s"),
+    )
+    with ExitStack() as running:
+        for process in (slow, fast, evaluator):
+            running.enter_context(process)
+        wait_for(
+            lambda: _assigned(slow) and _assigned(fast),
+            "both collectors assigned",
+            agents=[slow, fast],
+        )
+        slow.process.send_signal(signal.SIGSTOP)
+        try:
+            scrape = evaluator.wait_metrics(
+                lambda m: 0.0 in m.by("embmon_window_complete", "model").values(),
+                "a partial window",
+                timeout_s=60,
+            )
+        finally:
+            slow.process.send_signal(signal.SIGCONT)
+        partial = [r for r in window_records(out) if not r["complete"]]
+        assert partial, scrape
+        for record in partial:
+            assert record["events"] < single[(record["model"], record["window_start"])]["events"]
+        # The last hour stays open, as in a live single process: no event has passed its end.
+        last = iso(T0 + (HOURS - 1) * HOUR)
+        closed = {k: r["events"] for k, r in single.items() if k[1] != last}
+        wait_for(
+            lambda: (
+                {k: r["events"] for k, r in _by_key(window_records(out)).items() if r["complete"]}
+                == closed
+            ),
+            "every window but the last complete with the single process's counts",
+            timeout_s=90,
+            agents=[evaluator],
+        )
+        final = evaluator.wait_metrics(
+            lambda m: set(m.by("embmon_window_complete", "model").values()) == {1.0},
+            "the latest windows complete",
+        )
+        assert final.get("embmon_events_total", model=MODEL) == sum(
+            r["events"] for r in single.values() if r["model"] == MODEL
+        )
+        assert final.get("embmon_events_rejected_total", reason="late") == (HOURS - 1) * PARTITIONS
+        assert (final.get("embmon_profiles_merged_total") or 0) > 0
+
+
+_RESUMED = re.compile(r"resuming from Checkpoint\(offset=[1-9]")
+
+
+def _publishing(scrape: Metrics) -> bool:
+    return (scrape.get("embmon_profiles_published_total") or 0) > 0
+
+
+def _emitting(scrape: Metrics) -> bool:
+    return sum(scrape.by("embmon_windows_closed_total", "model").values()) > 0
+
+
+def _hours(hours: int, per_hour: int, per_hour_other: int) -> list[bytes]:
+    """Two models' events, hour by hour in time order, with late copies and bad records."""
+    main = digits_events(windows=hours, per_window=per_hour, window_s=HOUR, shifted_windows=(3,))
+    other = digits_events(
+        windows=hours, per_window=per_hour_other, window_s=HOUR, seed=5, model=OTHER
+    )
+    values: list[bytes] = []
+    for hour in range(hours):
+        mine = [e.value for e in main if e.window_start == T0 + hour * HOUR]
+        theirs = [e.value for e in other if e.window_start == T0 + hour * HOUR]
+        mixed = [v for pair in zip(mine, theirs, strict=False) for v in pair]
+        mixed += mine[len(theirs) :]
+        if hour:  # after each partition has shown this hour, events of the hour before
+            mixed[3 * PARTITIONS : 3 * PARTITIONS] = _late_copies(mine, hour, PARTITIONS)
+        values += mixed
+    for i, bad in enumerate(BAD):
+        values.insert(len(values) // 2 + i, bad)
+    return values
+
+
+class _SteadyProducer(threading.Thread):
+    """Sends ``values`` round-robin over the partitions at ``rate`` records a second."""
+
+    def __init__(self, bootstrap: str, topic: str, values: list[bytes], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        self.topic, self.values, self.rate = topic, values, rate
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            began = time.monotonic()
+            for i, value in enumerate(self.values):
+                self.producer.send(self.topic, value=value, partition=i % PARTITIONS)
+                ahead = began + i / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            self.producer.flush()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.producer.close()
+
+
+def test_collectors_and_the_evaluator_killed_at_random_moments_lose_and_double_nothing(
+    kafka_bootstrap: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Chaos at the default lateness while the traffic flows: collectors are SIGKILLed or
+    leave and others join, the evaluator is SIGKILLed and restarted, each at a random moment.
+    Once the traffic is all in, an evaluator run ``--until-end`` finishes the job: the final
+    windows equal what one process computes over the same topic, exactly, and no window is
+    emitted complete twice with different counts."""
+    rng = random.Random(int(os.environ.get("EMBMON_CHAOS_SEED", "11")))
+    topic = new_topic(kafka_bootstrap, PARTITIONS, prefix="chaos")
+    traffic = Traffic(topic, digits_reference(tmp_path_factory), _hours(24, 300, 100))
+    producer = _SteadyProducer(kafka_bootstrap, topic, traffic.values, rate=150.0)
+    out = tmp_path / "scaled"
+    profiles = new_topic(kafka_bootstrap, PROFILE_PARTITIONS, prefix="profiles")
+    group = _group()
+    names = iter(f"c{i}" for i in range(100))
+    started: list[AgentProcess] = []
+    with ExitStack() as running:
+
+        def collector() -> AgentProcess:
+            process = _collector(
+                kafka_bootstrap, traffic, out, group, profiles, next(names), until_end=False
+            )
+            started.append(running.enter_context(process))
+            return process
+
+        def evaluator(name: str, *, until_end: bool = False) -> AgentProcess:
+            process = _evaluator(
+                kafka_bootstrap, traffic, out, group, profiles, name, until_end=until_end
+            )
+            started.append(running.enter_context(process))
+            return process
+
+        judge = evaluator("e0")
+        members = [collector(), collector()]
+        producer.start()
+        for step in range(4):
+            # Strike a member that is at work: assigned, and publishing.
+            victim = members.pop(rng.randrange(len(members)))
+            victim.wait_ready(90)
+            victim.wait_metrics(_publishing, f"{victim.name} publishing", timeout_s=90)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if rng.random() < 0.7:
+                victim.kill()
+            else:
+                victim.terminate()
+            members.append(collector())
+            if step % 2:
+                judge.wait_ready(90)
+                judge.wait_metrics(_emitting, f"{judge.name} emitting", timeout_s=90)
+                time.sleep(rng.uniform(0.0, 1.0))
+                judge.kill()
+                judge = evaluator(f"e{step}")
+        producer.join(180)
+        assert producer.error is None and not producer.is_alive(), producer.error
+        judge.kill()
+        last = evaluator("last", until_end=True)
+        assert last.wait_exit(240) == 0, last.log_tail()
+        logs = {process.name: process.log_text() for process in started}
+
+    resumed = [n for n, text in logs.items() if _RESUMED.search(text)]
+    assert any(n.startswith("c") for n in resumed), "no collector resumed from a commit"
+    assert any(n.startswith("e") or n == "last" for n in resumed), "no evaluator resumed"
+    single_out = tmp_path / "single"
+    _single(kafka_bootstrap, traffic, single_out)
+    single = _by_key(window_records(single_out))
+    records = window_records(out)
+    complete: dict[tuple[str, str], set[int]] = {}
+    for record in records:
+        if record["complete"]:
+            key = (record["model"], record["window_start"])
+            complete.setdefault(key, set()).add(record["events"])
+    assert {k: v for k, v in complete.items() if len(v) > 1} == {}
+    final = _by_key(records)
+    assert {k: r["events"] for k, r in final.items()} == {k: r["events"] for k, r in single.items()}
+    assert all(r["complete"] for r in final.values())
