@@ -120,7 +120,7 @@ class Publisher:
                 self._partitions(topic),
                 tail=chunk.tail,
                 caught_up=chunk.caught_up,
-                final=final,
+                final=final and chunk.tail,  # the evaluator may stop once it has read it
                 rejected=dict(chunk.rejected),
             )
             futures.append(self.producer.send(self.topic, seal.to_bytes(), partition=shard))

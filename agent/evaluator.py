@@ -113,6 +113,7 @@ class Evaluator:
         )
         persisted = set(self.output.ledger.keys())
         self._shards = shards
+        self._shard_count: int | None = None
         self._ends = ends
         self._end_offsets: Mapping[Partition, int] | None = None
         self._held: list[tuple[ClosedWindow[WindowProfile], bool]] = []
@@ -133,7 +134,9 @@ class Evaluator:
 
     def _counts_rejects(self, source: Partition, shard: int) -> bool:
         """One shard counts an input partition's rejects: the one its name hashes to."""
-        return shard_of(f"{source[0]}/{source[1]}", self._shards()) == shard
+        if self._shard_count is None:
+            self._shard_count = self._shards()
+        return shard_of(f"{source[0]}/{source[1]}", self._shard_count) == shard
 
     def ingest(self, partition: Partition, records: Sequence[RecordLike]) -> DecodedBatch:
         """Apply one profiles partition's records to its shard."""

@@ -316,7 +316,8 @@ _RESUMED = re.compile(r"resuming from Checkpoint\(offset=[1-9]")
 
 
 def _publishing(scrape: Metrics) -> bool:
-    return (scrape.get("embmon_profiles_published_total") or 0) > 0
+    owned = scrape.get("embmon_partitions_owned") or 0
+    return owned > 0 and (scrape.get("embmon_profiles_published_total") or 0) > 0
 
 
 def _emitting(scrape: Metrics) -> bool:
