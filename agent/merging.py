@@ -19,7 +19,9 @@ window still open, a gap restarts it instead of waiting.
 
 Closing, by the single process's watermark rules over the input partitions: the watermark is
 the smallest of the partitions that are not caught up (the largest when all are), a partition's
-own being the one its latest seal carries; a window closes, *complete*, once it passes the
+own being the one its latest seal carries. A partition is caught up while its latest seal says
+so and is at most ``caught_up_for_s`` old (collectors send an idle partition's tail again every
+10 s): a collector that died idle must not let windows close without what it would read next; a window closes, *complete*, once it passes the
 window's end plus lateness, with the tails of caught-up partitions in it. Pieces of a window
 already closed complete are late: counted, not added. A window some partition has passed but
 that is not complete ``grace_s`` later is emitted *partial*, and again (at most once a grace)
@@ -77,6 +79,7 @@ class _Chain:
     tail: Seal | None = None
     tail_rejected: Counter[str] = field(default_factory=Counter)
     rebase: bool = True  # no piece of an open window yet: its start may be a stale copy
+    heard_at: float = float("-inf")  # when its latest seal was applied (the shard's timer)
 
     @property
     def covered(self) -> int:
@@ -121,6 +124,7 @@ class Shard:
         counts_rejects: Callable[[Partition], bool],
         grace_s: float = 60.0,
         gap_timeout_s: float = 300.0,
+        caught_up_for_s: float = 30.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = tuple(topics)
@@ -131,6 +135,7 @@ class Shard:
         self._counts_rejects = counts_rejects
         self._grace = grace_s
         self._gap_timeout = gap_timeout_s
+        self._stale = caught_up_for_s
         self._timer = timer
         self._partitions: dict[str, int] = {}
         self._chains: dict[Partition, _Chain] = {}
@@ -218,6 +223,7 @@ class Shard:
             applied.rejected.update(+rejected)
             chain.tail_rejected = Counter(seal.rejected) if seal.tail else Counter()
         chain.watermark, chain.caught_up, chain.final = seal.watermark, seal.caught_up, seal.final
+        chain.heard_at = self._timer()
         if seal.tail:
             chain.tail = seal
         else:
@@ -252,6 +258,7 @@ class Shard:
         """The input partitions' watermark by the single process's rules (None: not known)."""
         lagging: list[float | None] = []
         caught_up: list[float] = []
+        now = self._timer()
         for topic in self._topics:
             if topic not in self._partitions:
                 return None
@@ -259,7 +266,7 @@ class Shard:
                 chain = self._chains.get((topic, index))
                 if chain is None:
                     return None
-                if not chain.caught_up:
+                if not (chain.final or (chain.caught_up and now - chain.heard_at <= self._stale)):
                     lagging.append(chain.watermark)
                 elif chain.watermark is not None:
                     caught_up.append(chain.watermark)
