@@ -192,6 +192,42 @@ def test_three_collectors_and_an_evaluator_give_the_single_process_windows(
     )
 
 
+def test_two_evaluators_split_the_models_and_together_give_the_single_process_windows(
+    kafka_bootstrap: str, traffic: Traffic, tmp_path: Path
+) -> None:
+    """The profiles topic is keyed by model: with two partitions (one model on each) and two
+    evaluators, each writes the windows of its model only, and together they write them all."""
+    single_out = tmp_path / "single"
+    _single(kafka_bootstrap, traffic, single_out)
+    single = _by_key(window_records(single_out))
+    profiles = new_topic(kafka_bootstrap, 2, prefix="profiles")
+    group = _group()
+    outs = [tmp_path / "left", tmp_path / "right"]
+    with ExitStack() as running:
+        judges = [
+            running.enter_context(
+                _evaluator(kafka_bootstrap, traffic, out, group, profiles, out.name)
+            )
+            for out in outs
+        ]
+        for judge in judges:
+            judge.wait_ready(60)  # one profiles partition each
+        members = [
+            running.enter_context(
+                _collector(kafka_bootstrap, traffic, tmp_path / "c", group, profiles, f"c{i}")
+            )
+            for i in range(2)
+        ]
+        for process in (*members, *judges):
+            assert process.wait_exit(180) == 0, process.log_tail()
+    written = [_by_key(window_records(out)) for out in outs]
+    assert [{model for model, _ in w} for w in written] in ([{MODEL}, {OTHER}], [{OTHER}, {MODEL}])
+    merged = {**written[0], **written[1]}
+    assert {k: r["events"] for k, r in merged.items()} == {
+        k: r["events"] for k, r in single.items()
+    }
+
+
 def _collector(
     kafka_bootstrap: str,
     traffic: Traffic,
