@@ -414,8 +414,8 @@ def test_collectors_and_the_evaluator_killed_at_random_moments_lose_and_double_n
     emitted complete twice with different counts."""
     rng = random.Random(int(os.environ.get("EMBMON_CHAOS_SEED", "11")))
     topic = new_topic(kafka_bootstrap, PARTITIONS, prefix="chaos")
-    traffic = Traffic(topic, digits_reference(tmp_path_factory), _hours(24, 300, 100))
-    producer = _SteadyProducer(kafka_bootstrap, topic, traffic.values, rate=150.0)
+    traffic = Traffic(topic, digits_reference(tmp_path_factory), _hours(16, 240, 80))
+    producer = _SteadyProducer(kafka_bootstrap, topic, traffic.values, rate=120.0)
     out = tmp_path / "scaled"
     profiles = new_topic(kafka_bootstrap, PROFILE_PARTITIONS, prefix="profiles")
     group = _group()
