@@ -140,6 +140,23 @@ def test_drift_dashboard_has_the_seed_panels() -> None:
         assert metric in exprs, metric
 
 
+def test_agent_dashboard_shows_window_completeness() -> None:
+    """The scaled layout's panels read only series a single process exports too (the
+    end-to-end test wants data from every dashboard query), and name an alert that exists."""
+    dashboard = _dashboard(GENERATED / "embmon-agent.json")
+    rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
+    assert "Scaled layout" in rows
+    panels = {panel.get("title"): panel for panel in _panels(dashboard["panels"])}
+    completeness = panels["Window completeness"]
+    assert completeness["type"] == "state-timeline"
+    assert "embmon_window_complete" in completeness["targets"][0]["expr"]
+    assert "embmon_window_complete" in panels["Partial windows"]["targets"][0]["expr"]
+    alerts = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    names = {rule.get("alert") for group in alerts for rule in group["rules"]}
+    assert "EmbmonWindowIncomplete" in completeness["description"]
+    assert "EmbmonWindowIncomplete" in names
+
+
 def test_dashboard_expressions_parse_with_promtool(tmp_path: Path) -> None:
     """promtool has no bare PromQL parser; ``check rules`` parses every rule's expression."""
     promtool = shutil.which("promtool")

@@ -9,7 +9,8 @@ Two dashboards, linked to each other:
   and segment: drift scores against their calibrated thresholds, the closest-centroid
   distribution, distances to centroids, frequent terms, F1 / accuracy against the reference.
 - ``embmon-agent.json`` ("embmon / agent"): how the agent itself does: traffic, rejects,
-  Kafka consumer lag, open windows and watermark, window freshness.
+  Kafka consumer lag, open windows and watermark, window freshness, and in the scaled layout
+  (collectors and evaluators) whether the latest windows are complete.
 
 Every panel and query reads the ``$datasource`` variable. A few panels read recording rules
 from ``deploy/prometheus/embmon-rules.yaml`` (names with colons): load that file in Prometheus.
@@ -618,13 +619,62 @@ def _agent_windows(board: dash.Dashboard) -> dash.Dashboard:
     )
 
 
+def _agent_scaled_layout(board: dash.Dashboard) -> dash.Dashboard:
+    """Collectors and evaluators (``--role collector|evaluator``): are the windows complete?
+
+    Only series a single process exports too (``embmon_window_complete`` is 1 there), so
+    every query of the dashboard returns data whatever the layout.
+    """
+    selector = f'{AGENT},model=~"$model"'
+    partial = _stat(
+        "Partial windows",
+        "Series whose latest window is partial: written by an evaluator after --grace without "
+        "some collector's part (embmon_window_complete 0). Always 0 with --role all.",
+        f"count(embmon_window_complete{{{selector}}} == 0) or vector(0)",
+    ).thresholds(_thresholds((None, "green"), (1, "orange")))
+    completeness = (
+        statetimeline.Panel()
+        .title("Window completeness")
+        .description(
+            "Whether the latest window of each (model, segment) is complete or partial, per "
+            "evaluator. A window stays partial while a collector's chunks are missing; "
+            "EmbmonWindowIncomplete fires when it stays partial."
+        )
+        .datasource(DATASOURCE)
+        .with_target(
+            _query(
+                f"embmon_window_complete{{{selector}}}",
+                "{{model}} {{segment}} {{instance}}",
+            )
+        )
+        .mappings(
+            [
+                model.ValueMap(
+                    options={
+                        "0": model.ValueMappingResult(text="partial", color="orange", index=0),
+                        "1": model.ValueMappingResult(text="complete", color="green", index=1),
+                    }
+                )
+            ]
+        )
+        .show_value(common.VisibilityMode.NEVER)
+        .merge_values(True)
+        .thresholds(_thresholds((None, "orange"), (1, "green")))
+    )
+    return (
+        board.with_row(dash.Row("Scaled layout"))
+        .with_panel(partial.span(4).height(6))
+        .with_panel(completeness.span(20).height(6))
+    )
+
+
 def agent_dashboard() -> model.Dashboard:
     board = (
         dash.Dashboard("embmon / agent")
         .uid("embmon-agent")
         .description(
             "The embmon agent: traffic, rejected records, Kafka consumer lag, windows and "
-            "watermark."
+            "watermark, and the completeness of windows in the scaled layout."
         )
         .tags(["embmon"])
         .editable()
@@ -646,7 +696,7 @@ def agent_dashboard() -> model.Dashboard:
             )
         )
     )
-    board = _agent_windows(_agent_kafka(_agent_traffic(_agent_health(board))))
+    board = _agent_scaled_layout(_agent_windows(_agent_kafka(_agent_traffic(_agent_health(board)))))
     return _number_panels(board.build())
 
 
