@@ -57,7 +57,9 @@ class Publisher:
         self._producer: KafkaProducer | None = None
         self.topic = topic
         self.attempt = uuid.uuid4().hex[:12]
-        """Tags this process's records: pieces apply only with a seal of the same attempt."""
+        """Tags this process's records; each publication of a chunk adds a number to it, and
+        pieces apply only with the seal of their own publication."""
+        self._sent = 0
         self._timeout = timeout_s
         self._sizes: dict[str, int] = {}
 
@@ -98,13 +100,15 @@ class Publisher:
     def _send(self, chunk: Chunk[WindowProfile], shards: int, *, final: bool) -> list[object]:
         topic, partition = chunk.partition
         span = Span(topic, partition, chunk.start, chunk.end)
+        self._sent += 1
+        attempt = f"{self.attempt}-{self._sent}"  # a chunk sent again is a new publication
         per_shard: Counter[int] = Counter()
         futures = []
         for key, profile in sorted(
             chunk.pieces.items(), key=lambda kv: (kv[0].start, kv[0].model, kv[0].segment.pairs)
         ):
             shard = shard_of(key.model, shards)
-            piece = Piece(span, self.attempt, key, profile.count, profile.to_bytes())
+            piece = Piece(span, attempt, key, profile.count, profile.to_bytes())
             futures.append(
                 self.producer.send(
                     self.topic, piece.to_bytes(), key=key.model.encode(), partition=shard
@@ -114,7 +118,7 @@ class Publisher:
         for shard in range(shards):
             seal = Seal(
                 span,
-                self.attempt,
+                attempt,
                 chunk.watermark,
                 per_shard[shard],
                 self._partitions(topic),

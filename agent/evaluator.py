@@ -45,7 +45,7 @@ _LOGGED = 5
 class Shards:
     """The shards of the assigned profiles partitions: the driver's window store here."""
 
-    def __init__(self, factory: Callable[[Partition], Shard]) -> None:
+    def __init__(self, factory: Callable[[Partition, bool], Shard]) -> None:
         self._factory = factory
         self.shards: dict[Partition, Shard] = {}
 
@@ -58,7 +58,7 @@ class Shards:
         return sum(shard.open_windows for shard in self.shards.values())
 
     def assign(self, partition: Partition, checkpoint: Checkpoint | None) -> None:
-        self.shards[partition] = self._factory(partition)
+        self.shards[partition] = self._factory(partition, checkpoint is not None)
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
         """Forget revoked shards: their next owner rebuilds them from the committed offset."""
@@ -120,7 +120,7 @@ class Evaluator:
         self._logged = 0
         self.behind = False
         self.store = Shards(
-            lambda partition: Shard(
+            lambda partition, resumed: Shard(
                 topics=topics,
                 window_seconds=int(window.total_seconds()),
                 lateness_s=lateness.total_seconds(),
@@ -128,6 +128,7 @@ class Evaluator:
                 persisted=persisted,
                 counts_rejects=lambda source: self._counts_rejects(source, partition[1]),
                 grace_s=grace.total_seconds(),
+                resumed=resumed,
                 timer=timer,
             )
         )

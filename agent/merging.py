@@ -79,6 +79,7 @@ class _Chain:
     tail: Seal | None = None
     tail_rejected: Counter[str] = field(default_factory=Counter)
     rebase: bool = True  # no piece of an open window yet: its start may be a stale copy
+    unseen: list[tuple[int, int]] = field(default_factory=list)  # offsets never applied here
     heard_at: float = float("-inf")  # when its latest seal was applied (the shard's timer)
 
     @property
@@ -110,7 +111,8 @@ class Shard:
 
     ``read(bytes)`` turns a piece's profile bytes into a profile; ``persisted`` holds the
     windows already persisted complete (``agent.ledger``); ``counts_rejects(partition)``: this
-    shard is the one that counts that input partition's rejects (each is counted by one shard).
+    shard is the one that counts that input partition's rejects (each is counted by one shard);
+    ``resumed``: the shard reads from a committed offset (else from the partition's start).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class Shard:
         grace_s: float = 60.0,
         gap_timeout_s: float = 300.0,
         caught_up_for_s: float = 30.0,
+        resumed: bool = False,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = tuple(topics)
@@ -136,6 +139,7 @@ class Shard:
         self._grace = grace_s
         self._gap_timeout = gap_timeout_s
         self._stale = caught_up_for_s
+        self._resumed = resumed  # read from a committed offset: pieces before it are done
         self._timer = timer
         self._partitions: dict[str, int] = {}
         self._chains: dict[Partition, _Chain] = {}
@@ -143,6 +147,7 @@ class Shard:
         self._gaps: dict[Partition, dict[int, tuple[int, Seal, float]]] = defaultdict(dict)
         self._windows: dict[WindowKey, _Window] = {}
         self._included: dict[tuple[Partition, int], dict[WindowKey, int]] = {}
+        self._closed_through = -math.inf  # every window ending at or before it is closed
         self.position: int | None = None
 
     @property
@@ -165,12 +170,17 @@ class Shard:
         self._partitions[span.topic] = max(self._partitions.get(span.topic, 0), record.partitions)
         chain = self._chains.get(span.source)
         if chain is not None and span.start < chain.next:
+            if not record.tail and _take(chain.unseen, span.start, span.end):
+                return self._apply_behind(record)
             return self._drop(record)
         if chain is not None and span.start > chain.next:
             if not chain.rebase:
                 self._gaps[span.source][span.start] = (offset, record, self._timer())
                 return Applied()
-            chain.next = span.start  # the chain began at a copy: what lies between is done
+            # The chain began at a copy, and what lies between was applied before this shard
+            # started; or a chunk in between is yet to come: see _apply_behind.
+            chain.unseen.append((chain.next, span.start))
+            chain.next = span.start
         applied = self._apply(record)
         self._fill_gaps(span.source, applied)
         return applied
@@ -179,44 +189,53 @@ class Shard:
         """A copy of a chunk already applied (or a tail overtaken): it and its pieces go."""
         return Applied(duplicate=len(self._pending.pop(_pending_key(seal), [])))
 
+    def _apply_behind(self, seal: Seal) -> Applied:
+        """A chunk behind the chain's end that this shard never applied (before the seal its
+        chain started at, or in a gap it jumped): a chunk published again after a failure, or
+        a copy of one applied before the shard started, whose windows are then all persisted
+        (so its pieces only count late). Its pieces go into their windows; the chain stays."""
+        applied = Applied()
+        pieces = self._pending.pop(_pending_key(seal), [])
+        fresh = [(o, p) for o, p in pieces if not self._closed(p.key)]
+        applied.duplicate = len(pieces) - len(fresh)  # what persisted windows hold already
+        for offset, piece in fresh:
+            self._merge_piece(offset, piece, seal, applied, counted={}, included={})
+        if fresh and self._counts_rejects(seal.span.source):
+            applied.rejected.update(seal.rejected)
+        return applied
+
+    def _closed(self, key: WindowKey) -> bool:
+        """Emitted complete, or passed by the watermark before it had a piece here."""
+        return key in self._final or (
+            key not in self._windows and key.start + self._size <= self._closed_through
+        )
+
     def _apply(self, seal: Seal) -> Applied:
         span = seal.span
         source = span.source
         pieces = self._pending.pop(_pending_key(seal), [])
         chain = self._chains.get(source)
-        if chain is not None and len(pieces) != seal.pieces:
+        if (chain is not None or not self._resumed) and len(pieces) < seal.pieces:
+            # Some of its pieces were not delivered: the collector publishes it again whole.
             log.warning(
-                "chunk %s/%s [%d, %d) has %d piece(s) on this shard, its seal counts %d",
+                "chunk %s/%s [%d, %d) has %d piece(s) on this shard, its seal counts %d: "
+                "waiting for it to be published again",
                 *source,
                 span.start,
                 span.end,
                 len(pieces),
                 seal.pieces,
             )
+            return Applied(duplicate=len(pieces))
         if chain is None:
             chain = self._chains[source] = _Chain(span.start, None, False, False)
+            chain.unseen.append((0, span.start))
         applied = Applied()
         counted = self._untail(source)
         included = {} if seal.tail else self._included.pop((source, span.start), {})
         for offset, piece in pieces:
-            key = piece.key
-            if key in self._final:
-                # Closed complete already: a tail's events wait for their chunk to be counted.
-                if not seal.tail:
-                    applied.late[key.model] += max(piece.events - included.get(key, 0), 0)
-                continue
-            window = self._windows.get(key)
-            if window is None:
-                window = self._windows[key] = _Window(offset)
-            window.first_offset = min(window.first_offset, offset)
-            profile = self._read(piece.profile)
-            if seal.tail:
-                window.tails[source] = profile
-            else:
-                window.merged = profile if window.merged is None else window.merged.merge(profile)
-            applied.merged += 1
-            applied.events[key.model] += piece.events - counted.get(key, 0)
-            chain.rebase = False
+            if self._merge_piece(offset, piece, seal, applied, counted, included):
+                chain.rebase = False
         if self._counts_rejects(source):
             rejected = Counter(seal.rejected)
             rejected.subtract(chain.tail_rejected)
@@ -232,6 +251,36 @@ class Shard:
             applied.duplicate += len(self._pending.pop(orphan))  # of an attempt that died
         return applied
 
+    def _merge_piece(
+        self,
+        offset: int,
+        piece: Piece,
+        seal: Seal,
+        applied: Applied,
+        counted: Mapping[WindowKey, int],
+        included: Mapping[WindowKey, int],
+    ) -> bool:
+        """Put ``piece`` into its window; False if the window is closed (its events are late:
+        the window was emitted complete, or the watermark passed it before it had a piece)."""
+        key = piece.key
+        if self._closed(key):
+            # Closed already: a tail's events wait for their chunk to be counted.
+            if not seal.tail:
+                applied.late[key.model] += max(piece.events - included.get(key, 0), 0)
+            return False
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(offset)
+        window.first_offset = min(window.first_offset, offset)
+        profile = self._read(piece.profile)
+        if seal.tail:
+            window.tails[seal.span.source] = profile
+        else:
+            window.merged = profile if window.merged is None else window.merged.merge(profile)
+        applied.merged += 1
+        applied.events[key.model] += piece.events - counted.get(key, 0)
+        return True
+
     def _untail(self, source: Partition) -> dict[WindowKey, int]:
         """Take ``source``'s tail out of the windows (a new tail or its chunk replaces it);
         returns the events each window had from it."""
@@ -245,7 +294,9 @@ class Shard:
     def _fill_gaps(self, source: Partition, applied: Applied) -> None:
         """Apply the seals that waited for the chain of ``source`` to reach them."""
         waiting = self._gaps.get(source)
-        chain = self._chains[source]
+        chain = self._chains.get(source)
+        if chain is None:  # its first seal waits to be published again whole
+            return
         while waiting and chain.next in waiting:
             _, seal, _ = waiting.pop(chain.next)
             applied.add(self._apply(seal))
@@ -284,6 +335,7 @@ class Shard:
         self._restart_stuck_chains(now, applied)
         mark = self.watermark()
         through = -math.inf if mark is None else mark - self._lateness
+        self._closed_through = max(self._closed_through, through)
         ahead = max(
             (c.watermark for c in self._chains.values() if c.watermark is not None), default=None
         )
@@ -352,6 +404,15 @@ class Shard:
         needed += [offset for pieces in self._pending.values() for offset, _ in pieces]
         needed += [offset for waiting in self._gaps.values() for offset, _, _ in waiting.values()]
         return min([self.position, *needed])
+
+
+def _take(intervals: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Remove ``[start, end)`` from the interval of ``intervals`` holding it; False if none."""
+    for index, (lo, hi) in enumerate(intervals):
+        if lo <= start and end <= hi:
+            intervals[index : index + 1] = [(a, b) for a, b in ((lo, start), (end, hi)) if a < b]
+            return True
+    return False
 
 
 def _pending_key(seal: Seal) -> tuple[Partition, int, int, str]:

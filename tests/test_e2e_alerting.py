@@ -84,6 +84,7 @@ ALERT_DEADLINE_S = 90.0
 EXPECTED_EMPTY = {
     "EmbmonWindowsStale": "the last closed window always ended less than 2 windows ago",
     "EmbmonWindowsNotPersisted": "every window is persisted at once: embmon_windows_held is 0",
+    "EmbmonWindowIncomplete": "a single process writes only complete windows: embmon_window_complete is 1",
     "EmbmonHighRejectRate": "2 malformed records out of ~1200 is below the 5 % threshold",
     "EmbmonLateEventsHigh": "1 late event out of ~1200 is below the 1 % threshold",
     "EmbmonConsumerLagGrowing": "the agent keeps up: lag is 0, far below the 1000 floor",
