@@ -17,15 +17,16 @@ first seal may be a late copy of a chunk applied before the offset, followed by 
 chunks after it were applied before the offset too): until a chain has put a piece into a
 window still open, a gap restarts it instead of waiting.
 
-Closing, by the single process's watermark rules over the input partitions: the watermark is
-the smallest of the partitions that are not caught up (the largest when all are), a partition's
-own being the one its latest seal carries. A partition is caught up while its latest seal says
-so and is at most ``caught_up_for_s`` old (collectors send an idle partition's tail again every
-10 s): a collector that died idle must not let windows close without what it would read next; a window closes, *complete*, once it passes the
-window's end plus lateness, with the tails of caught-up partitions in it. Pieces of a window
-already closed complete are late: counted, not added. A window some partition has passed but
-that is not complete ``grace_s`` later is emitted *partial*, and again (at most once a grace)
-while it grows, until it is complete.
+Closing, by the single process's watermark rules over the input partitions: the watermark is the
+smallest of the partitions that are not caught up (the largest when all are), a partition's own
+being the one its latest seal carries. A partition is caught up while its latest seal says so and
+is at most ``caught_up_for_s`` old (collectors send an idle partition's tail again every 10 s): a
+collector that died idle must not let windows close without what it would read next; a window
+closes, *complete*, once it passes the window's end plus lateness, with the tails of caught-up
+partitions in it. Pieces of a window already closed complete are late: counted, not added (a tail's
+when its chunk comes, a final tail's, which no chunk follows, at once). A window some partition has
+passed but that is not complete ``grace_s`` later is emitted *partial*, and again (at most once a
+grace) while it grows, until it is complete.
 
 Commits: below every record a window still open (or emitted partial) holds, every piece
 waiting for its seal, and every seal waiting for a gap.
@@ -232,7 +233,7 @@ class Shard:
             chain.unseen.append((0, span.start))
         applied = Applied()
         counted = self._untail(source)
-        included = {} if seal.tail else self._included.pop((source, span.start), {})
+        included = self._included.pop((source, span.start), {}) if seal.settles else {}
         for offset, piece in pieces:
             if self._merge_piece(offset, piece, seal, applied, counted, included):
                 chain.rebase = False
@@ -264,8 +265,8 @@ class Shard:
         the window was emitted complete, or the watermark passed it before it had a piece)."""
         key = piece.key
         if self._closed(key):
-            # Closed already: a tail's events wait for their chunk to be counted.
-            if not seal.tail:
+            # Closed already: a provisional tail's events wait for their chunk to be counted.
+            if seal.settles:
                 applied.late[key.model] += max(piece.events - included.get(key, 0), 0)
             return False
         window = self._windows.get(key)

@@ -115,6 +115,11 @@ class Seal:
     final: bool = False
     rejected: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
+    @property
+    def settles(self) -> bool:
+        """Its events are accounted for good: a chunk's, or a final tail's (no chunk follows)."""
+        return not self.tail or self.final
+
     def to_bytes(self) -> bytes:
         header = {
             "span": self.span._json(),
