@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,38 +101,17 @@ def _single(kafka_bootstrap: str, traffic: Traffic, out: Path) -> None:
         assert agent.wait_exit(180) == 0, agent.log_tail()
 
 
-def _scaled(
+def _layout(
     kafka_bootstrap: str, traffic: Traffic, out: Path, collectors: int = 3
 ) -> tuple[list[AgentProcess], AgentProcess]:
+    """``collectors`` collectors and one evaluator (writing to ``out``) on a new profiles topic."""
     profiles = new_topic(kafka_bootstrap, PROFILE_PARTITIONS, prefix="profiles")
     group = _group()
-    role = ["--profiles-topic", profiles]
     started = [
-        AgentProcess(
-            bootstrap=kafka_bootstrap,
-            topic=traffic.topic,
-            group=group,
-            reference=traffic.reference,
-            out=out.parent / f"collector-{i}",
-            window="1h",
-            until_end=True,
-            extra=["--role", "collector", *role],
-            name=f"collector-{i}",
-        )
+        _collector(kafka_bootstrap, traffic, out, group, profiles, f"collector-{i}")
         for i in range(collectors)
     ]
-    evaluator = AgentProcess(
-        bootstrap=kafka_bootstrap,
-        topic=traffic.topic,
-        group=group,
-        reference=traffic.reference,
-        out=out,
-        window="1h",
-        until_end=True,
-        extra=["--role", "evaluator", *role],
-        name="evaluator",
-    )
-    return started, evaluator
+    return started, _evaluator(kafka_bootstrap, traffic, out, group, profiles, "evaluator")
 
 
 def _by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -153,7 +133,7 @@ def test_three_collectors_and_an_evaluator_give_the_single_process_windows(
 ) -> None:
     single_out, scaled_out = tmp_path / "single", tmp_path / "scaled"
     _single(kafka_bootstrap, traffic, single_out)
-    collectors, evaluator = _scaled(kafka_bootstrap, traffic, scaled_out)
+    collectors, evaluator = _layout(kafka_bootstrap, traffic, scaled_out)
     with ExitStack() as running:
         for process in (*collectors, evaluator):
             running.enter_context(process)
@@ -228,7 +208,8 @@ def test_two_evaluators_split_the_models_and_together_give_the_single_process_wi
     }
 
 
-def _collector(
+def _process(
+    role: str,
     kafka_bootstrap: str,
     traffic: Traffic,
     out: Path,
@@ -236,84 +217,64 @@ def _collector(
     profiles: str,
     name: str,
     *,
-    until_end: bool = True,
+    live: bool = False,
     extra: tuple[str, ...] = (),
 ) -> AgentProcess:
+    """One process of the scaled layout, stopping at the end offsets unless ``live``; a collector
+    writes nothing, so its files go to a folder of its own beside ``out``."""
     return AgentProcess(
         bootstrap=kafka_bootstrap,
         topic=traffic.topic,
         group=group,
         reference=traffic.reference,
-        out=out.parent / name,
+        out=out if role == "evaluator" else out.parent / name,
         window="1h",
-        until_end=until_end,
-        extra=["--role", "collector", "--profiles-topic", profiles, *extra],
+        until_end=not live,
+        extra=["--role", role, "--profiles-topic", profiles, *extra],
         name=name,
     )
 
 
-def _evaluator(
-    kafka_bootstrap: str,
-    traffic: Traffic,
-    out: Path,
-    group: str,
-    profiles: str,
-    name: str,
-    *,
-    until_end: bool = True,
-    extra: tuple[str, ...] = (),
-) -> AgentProcess:
-    return AgentProcess(
-        bootstrap=kafka_bootstrap,
-        topic=traffic.topic,
-        group=group,
-        reference=traffic.reference,
-        out=out,
-        window="1h",
-        until_end=until_end,
-        extra=["--role", "evaluator", "--profiles-topic", profiles, *extra],
-        name=name,
-    )
+_collector = partial(_process, "collector")
+_evaluator = partial(_process, "evaluator")
 
 
-def _assigned(agent: AgentProcess) -> bool:
-    return "partition assigned" in agent.log_text()
+def _owned(agent: AgentProcess) -> int:
+    return int(agent.metrics().get("embmon_partitions_owned") or 0)
 
 
 def test_a_window_a_collector_holds_back_is_emitted_partial_then_complete(
     kafka_bootstrap: str, traffic: Traffic, tmp_path: Path
 ) -> None:
-    """One collector stops (SIGSTOP) right after it is assigned its partitions; the other
-    reads its own to the end. Past the grace period the evaluator emits the windows the other
-    partitions passed as partial; once the stopped collector goes on, they come out complete,
-    with the single process's counts."""
+    """One collector stops (SIGSTOP) once the two collectors hold the partitions between them,
+    before any event is sent; the other reads its own. Past the grace period the evaluator emits
+    the windows the other partitions passed as partial; once the stopped collector goes on,
+    they come out complete, with the single process's counts. (The events are sent after the
+    stop: sent before, the stopped collector may have read its share already.)"""
     single_out, out = tmp_path / "single", tmp_path / "scaled"
     _single(kafka_bootstrap, traffic, single_out)
     single = _by_key(window_records(single_out))
+    held = Traffic(new_topic(kafka_bootstrap, PARTITIONS, prefix="held"), traffic.reference, [])
     profiles = new_topic(kafka_bootstrap, PROFILE_PARTITIONS, prefix="profiles")
     group = _group()
-    slow = _collector(kafka_bootstrap, traffic, out, group, profiles, "slow")
-    fast = _collector(kafka_bootstrap, traffic, out, group, profiles, "fast")
+    # The stopped collector must stay in the group while stopped, or the other takes its share.
+    stays = ("--session-timeout-ms", "25000")
+    slow = _collector(kafka_bootstrap, held, out, group, profiles, "slow", live=True, extra=stays)
+    fast = _collector(kafka_bootstrap, held, out, group, profiles, "fast", live=True)
     evaluator = _evaluator(
-        kafka_bootstrap,
-        traffic,
-        out,
-        group,
-        profiles,
-        "evaluator",
-        until_end=False,
-        extra=("--grace", "2s"),
+        kafka_bootstrap, held, out, group, profiles, "evaluator", live=True, extra=("--grace", "2s")
     )
     with ExitStack() as running:
         for process in (slow, fast, evaluator):
-            running.enter_context(process)
+            running.enter_context(process).wait_ready()
         wait_for(
-            lambda: _assigned(slow) and _assigned(fast),
-            "both collectors assigned",
+            lambda: 0 < _owned(slow) < PARTITIONS and _owned(slow) + _owned(fast) == PARTITIONS,
+            "the two collectors sharing the partitions",
             agents=[slow, fast],
         )
         slow.process.send_signal(signal.SIGSTOP)
         try:
+            produce_events(kafka_bootstrap, held.topic, PARTITIONS, traffic.values)
             scrape = evaluator.wait_metrics(
                 lambda m: 0.0 in m.by("embmon_window_complete", "model").values(),
                 "a partial window",
@@ -337,12 +298,14 @@ def test_a_window_a_collector_holds_back_is_emitted_partial_then_complete(
             timeout_s=90,
             agents=[evaluator],
         )
+        # The open hour's pieces come as tails, each collector's on its own clock.
+        events = sum(r["events"] for r in single.values() if r["model"] == MODEL)
         final = evaluator.wait_metrics(
-            lambda m: set(m.by("embmon_window_complete", "model").values()) == {1.0},
-            "the latest windows complete",
-        )
-        assert final.get("embmon_events_total", model=MODEL) == sum(
-            r["events"] for r in single.values() if r["model"] == MODEL
+            lambda m: (
+                set(m.by("embmon_window_complete", "model").values()) == {1.0}
+                and m.get("embmon_events_total", model=MODEL) == events
+            ),
+            "the latest windows complete and every event counted",
         )
         assert final.get("embmon_events_rejected_total", reason="late") == (HOURS - 1) * PARTITIONS
         assert (final.get("embmon_profiles_merged_total") or 0) > 0
@@ -425,15 +388,13 @@ def test_collectors_and_the_evaluator_killed_at_random_moments_lose_and_double_n
 
         def collector() -> AgentProcess:
             process = _collector(
-                kafka_bootstrap, traffic, out, group, profiles, next(names), until_end=False
+                kafka_bootstrap, traffic, out, group, profiles, next(names), live=True
             )
             started.append(running.enter_context(process))
             return process
 
-        def evaluator(name: str, *, until_end: bool = False) -> AgentProcess:
-            process = _evaluator(
-                kafka_bootstrap, traffic, out, group, profiles, name, until_end=until_end
-            )
+        def evaluator(name: str, *, live: bool = True) -> AgentProcess:
+            process = _evaluator(kafka_bootstrap, traffic, out, group, profiles, name, live=live)
             started.append(running.enter_context(process))
             return process
 
@@ -460,7 +421,7 @@ def test_collectors_and_the_evaluator_killed_at_random_moments_lose_and_double_n
         producer.join(180)
         assert producer.error is None and not producer.is_alive(), producer.error
         judge.kill()
-        last = evaluator("last", until_end=True)
+        last = evaluator("last", live=False)
         assert last.wait_exit(240) == 0, last.log_tail()
         logs = {process.name: process.log_text() for process in started}
 
