@@ -1,4 +1,4 @@
-"""The ``embmon`` command: reference build, replay, run, demo, report."""
+"""The ``embmon`` command: reference build / fetch, replay, run, demo, report."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .config import add_settings_flags
 from .durations import parse_duration
 from .fields import FieldMap
 from .progress import Progress
+from .reference_fetch import add_fetch_arguments, fetch_from_args
 from .window_caps import Caps
 
 __all__ = ["main"]
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ref = commands.add_parser("reference", help="build a reference from training embeddings")
+    ref = commands.add_parser("reference", help="build a reference, or fetch a built one")
     ref_commands = ref.add_subparsers(dest="reference_command", required=True)
     build = ref_commands.add_parser(
         "build", help="fit centroids and PCA, profile, calibrate thresholds"
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", required=True, help="directory to write the reference to")
+    add_fetch_arguments(
+        ref_commands.add_parser("fetch", help="download, verify and unpack a reference .tar.gz")
+    )
 
     rep = commands.add_parser("replay", help="window a file of events against a reference")
     rep.add_argument("--reference", required=True)
@@ -248,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "reference":
+            if args.reference_command == "fetch":
+                return fetch_from_args(args)
             return _reference_build(args)
         if args.command == "replay":
             return _replay(args)
