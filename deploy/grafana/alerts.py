@@ -17,8 +17,10 @@ Grafana rule, nothing is restated here. Each Prometheus group with alerts become
 rule group (same name, the group's ``interval`` or 1m) in the folder "embmon". Each rule:
 
 - ``title`` = the alert name; ``uid`` derived from it (``EmbmonWindowsStale`` ->
-  ``embmon-windows-stale``); ``for`` = the alert's ``for``; ``labels`` = the group's and the
-  alert's labels; ``annotations`` = the alert's (``runbook_url`` included).
+  ``embmon-windows-stale``); ``for`` = the alert's ``for`` (a ``keep_firing_for`` would become
+  ``keepFiringFor``, which older Grafana releases ignore; no alert has one today);
+  ``labels`` = the group's and the alert's labels; ``annotations`` = the alert's
+  (``runbook_url`` included).
 - query ``A``: the alert's PromQL, unchanged, as an instant query on the Prometheus data source
   whose uid ``--datasource-uid`` gives (default "prometheus").
 - ``B``: the math expression ``is_number($A) || is_nan($A) || is_inf($A)``, 1 for every series
