@@ -127,12 +127,16 @@ def _download(url: str, dest: BinaryIO, timeout_s: float) -> tuple[int, str]:
                 digest.update(chunk)
                 dest.write(chunk)
                 size += len(chunk)
+            length = response.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:  # before URLError: it is one
         raise FetchError(f"cannot fetch {shown}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise FetchError(f"cannot fetch {shown}: {exc.reason}") from None
     except (HTTPException, TimeoutError, ConnectionError) as exc:  # cut short, timed out
         raise FetchError(f"cannot fetch {shown}: {type(exc).__name__}: {exc}") from None
+    # http.client's read(n) ends quietly, not with IncompleteRead, when the peer closes early.
+    if length is not None and length.isdigit() and int(length) != size:
+        raise FetchError(f"cannot fetch {shown}: cut short after {size:,} of {int(length):,} bytes")
     return size, digest.hexdigest()
 
 
@@ -206,14 +210,14 @@ def _load(path: Path, shown: str) -> Reference:
         raise FetchError(f"{shown} does not hold a loadable reference: {exc}") from None
 
 
-def _staging_area(out: Path) -> Path:
-    """Where to stage: inside an existing ``out`` (a mount point's own filesystem), else
-    beside it, so that the final rename never crosses filesystems. Leftovers of runs that
-    were killed are removed first."""
+def _staging_area(out: Path) -> tuple[Path, str]:
+    """Where to stage, and the staging directory's name prefix: inside an existing ``out`` (a
+    mount point's own filesystem), else beside it, so that the final rename never crosses
+    filesystems. Leftovers of runs of this command for ``out`` that were killed are removed."""
     if out.exists():
         if not out.is_dir():
             raise FetchError(f"--out {out} exists and is not a directory")
-        area = out
+        area, prefix = out, _STAGING
         content = [e.name for e in out.iterdir() if not e.name.startswith(_STAGING)]
         content = [name for name in content if name not in _IGNORED]
         if content and REFERENCE_FILE not in content:
@@ -222,11 +226,11 @@ def _staging_area(out: Path) -> Path:
                 "empty directory"
             )
     else:
-        area = out.parent
+        area, prefix = out.parent, f".{out.name}{_STAGING}"
         area.mkdir(parents=True, exist_ok=True)
-    for stale in area.glob(_STAGING + "*"):
+    for stale in area.glob(prefix + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    return area
+    return area, prefix
 
 
 def _place(root: Path, out: Path) -> None:
@@ -260,7 +264,8 @@ def fetch_reference(
         )
     expected = _expected_sha256(sha256)
     existed = out.exists()
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=_staging_area(out)))
+    area, prefix = _staging_area(out)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=area))
     try:
         archive = staging / "reference.tar.gz"
         with archive.open("wb") as sink:
@@ -273,7 +278,7 @@ def fetch_reference(
         tree = staging / "tree"
         tree.mkdir()
         _extract(archive, tree, shown)
-        archive.unlink()  # before placing: a large reference need not fit three times
+        archive.unlink()  # its space back now: a large reference is twice its size until here
         root = _reference_root(tree, shown)
         reference = _load(root, shown)
         _place(root, out)

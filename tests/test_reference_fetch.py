@@ -30,6 +30,16 @@ Member = tuple[tarfile.TarInfo, bytes | None]
 
 
 class _Quiet(SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/cut-short.tar.gz":  # a proxy that drops the connection midway
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"\0" * 100)
+            self.close_connection = True
+            return
+        super().do_GET()
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
@@ -125,6 +135,8 @@ def test_file_url_into_an_existing_empty_mount_point_with_the_directory_as_top_e
     digest = make_archive(archive, reference_dir, top="ref")
     out = tmp_path / "embmon-reference"
     out.mkdir()
+    (out / ".embmon-fetch-killed").mkdir()  # what a fetch killed midway left behind
+    (out / ".embmon-fetch-killed" / "reference.tar.gz").write_bytes(b"partial")
     embmon = Path(sys.executable).with_name("embmon")
 
     done = subprocess.run(
@@ -233,6 +245,17 @@ def test_a_404_says_so_in_one_line(served: tuple[Path, str], tmp_path: Path, cap
     _, base = served
     status, _, err = fetch(capsys, "--url", f"{base}/missing.tar.gz", "--out", tmp_path / "ref")
     one_line_error(status, err, f"cannot fetch {base}/missing.tar.gz: HTTP 404")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_cut_short_says_so(
+    served: tuple[Path, str], tmp_path: Path, capsys: Any
+) -> None:
+    _, base = served
+    status, _, err = fetch(capsys, "--url", f"{base}/cut-short.tar.gz", "--out", tmp_path / "ref")
+    one_line_error(
+        status, err, f"cannot fetch {base}/cut-short.tar.gz: cut short after 102 of 100,000 bytes"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
