@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -564,14 +565,23 @@ def test_scaled_object(rendered: dict[str, list[dict[str, Any]]]) -> None:
         {
             "type": "kafka",
             "metadata": {
-                "bootstrapServers": "kafka:9092",
+                "bootstrapServers": "kafka:9093",
                 "consumerGroup": "embmon-prod",
                 "topic": "inference-events",
                 "lagThreshold": "50000",
                 "allowIdleConsumers": "false",
             },
+            "authenticationRef": {"name": "embmon-kafka-keda"},
         }
     ]
+    # The collectors consume with the group KEDA measures.
+    settings = yaml.safe_load(
+        by_name(rendered["scaled-keda.yaml"], "ConfigMap", "rel-embmon-collector")["data"][
+            "embmon.yaml"
+        ]
+    )
+    assert settings["group_id"] == "embmon-prod"
+    assert settings["topics"] == ["inference-events"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -706,6 +716,54 @@ def test_chart_copies_are_byte_identical() -> None:
     assert not stale, f"{stale}: run python3 helm/sync-files.py"
 
 
+# --- NOTES.txt ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart whose NOTES.txt `helm template` renders (it skips NOTES.txt, and
+    `helm install --dry-run` needs a cluster): the notes become a named template, printed
+    into a ConfigMap."""
+    chart = tmp_path_factory.mktemp("notes") / "embmon"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n"
+    )
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data:\n  NOTES.txt: {{ include "test.notes" . | toJson }}\n'
+    )
+    return chart
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_notes_render(case: str, notes_chart: Path) -> None:
+    done = helm(
+        "template",
+        "rel",
+        str(notes_chart),
+        "--namespace",
+        "embmon",
+        "--show-only",
+        "templates/zz-notes.yaml",
+        *values_args(case),
+    )
+    assert done.returncode == 0, done.stderr
+    notes = yaml.safe_load(done.stdout)["data"]["NOTES.txt"]
+    layout = "scaled" if case.startswith("scaled") else "single"
+    assert f"({layout} layout) is installed as rel-embmon in namespace embmon" in notes
+    serving = "evaluator" if layout == "scaled" else "agent"
+    assert f"port-forward svc/rel-embmon-{serving} 9808" in notes
+    placeholder = "WARNING: still the chart's placeholder" in notes
+    if case == "default":
+        assert "image.repository (embmon), config.bootstrap_servers (kafka:9092), " in notes
+        assert "reference.configMap (embmon-reference)" in notes
+    if case == "single.yaml":
+        assert not placeholder
+
+
 # --- values.schema.json -------------------------------------------------------------------
 
 
@@ -816,6 +874,7 @@ BAD_MESSAGES = {
     "bad-no-reference.yaml": "set exactly one of reference.configMap",
     "bad-scaled-no-profiles-topic.yaml": "layout scaled needs config.profiles_topic",
     "bad-role-in-config.yaml": "config.role is set by the chart",
+    "bad-until-end.yaml": "config.until_end: true makes embmon exit",
 }
 
 

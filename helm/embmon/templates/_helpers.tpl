@@ -100,6 +100,9 @@ serves (drift metrics and windows), store (the /var/lib/embmon volume is the PVC
 {{- fail (printf "config.%s is set by the chart (role: from layout; reference: from reference.configMap or reference.url; out: /var/lib/embmon); remove it from config" $key) -}}
 {{- end -}}
 {{- end -}}
+{{- if $v.config.until_end -}}
+{{- fail "config.until_end: true makes embmon exit at the end offsets seen at start; a Deployment would restart it for ever (run a backfill as a Job instead)" -}}
+{{- end -}}
 {{- if and $v.reference.configMap $v.reference.url -}}
 {{- fail "reference: set exactly one of reference.configMap and reference.url, not both (set reference.configMap to \"\" to use reference.url)" -}}
 {{- end -}}
@@ -123,6 +126,9 @@ serves (drift metrics and windows), store (the /var/lib/embmon volume is the PVC
 {{- if $as.enabled -}}
 {{- if lt ($as.partitions | int) 1 -}}
 {{- fail "collectors.autoscaling.partitions is required with collectors.autoscaling.enabled: the inference topic's partition count" -}}
+{{- end -}}
+{{- if not $v.config.topics -}}
+{{- fail "collectors.autoscaling.enabled needs config.topics (one kafka trigger per topic)" -}}
 {{- end -}}
 {{- if gt ($as.maxReplicas | int) ($as.partitions | int) -}}
 {{- fail (printf "collectors.autoscaling.maxReplicas (%d) exceeds collectors.autoscaling.partitions (%d): a collector beyond the topic's partitions holds none" ($as.maxReplicas | int) ($as.partitions | int)) -}}
