@@ -105,7 +105,7 @@ def test_lint_strict(case: str) -> None:
 
 
 def test_ci_files_present() -> None:
-    expected = {"single", "scaled", "scaled-keda", "monitoring", "reference-url"}
+    expected = {"single", "scaled", "scaled-keda", "monitoring", "reference-url", "metrics-tls"}
     assert {Path(f).stem for f in CI_FILES} >= expected
 
 
@@ -509,10 +509,11 @@ def test_pods_probes_image(case: str, rendered: dict[str, list[dict[str, Any]]])
     for deployment in of_kind(rendered[case], "Deployment"):
         (c,) = deployment["spec"]["template"]["spec"]["containers"]
         assert "command" not in c
+        scheme = "HTTPS" if case == "metrics-tls.yaml" else "HTTP"
         assert c["livenessProbe"]["httpGet"] == {
             "path": "/healthz",
             "port": "metrics",
-            "scheme": "HTTP",
+            "scheme": scheme,
         }
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert c["readinessProbe"]["periodSeconds"] == 10
@@ -678,6 +679,29 @@ def test_service_monitor(rendered: dict[str, list[dict[str, Any]]]) -> None:
     selector = monitor["spec"]["selector"]["matchLabels"]
     for service in of_kind(objs, "Service"):
         assert selector.items() <= service["metadata"]["labels"].items()
+
+
+def test_metrics_tls(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    objs = rendered["metrics-tls.yaml"]
+    (deployment,) = of_kind(objs, "Deployment")
+    settings = settings_of(objs, deployment, tmp_path)
+    assert settings.metrics_web_config == "/etc/embmon/web/web-config.yml"
+    pod = deployment["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["web"]["secret"]["secretName"] == "embmon-web"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["web"] == {"name": "web", "mountPath": "/etc/embmon/web", "readOnly": True}
+    (monitor,) = of_kind(objs, "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "embmon-web-ca", "key": "ca.crt"}},
+        "serverName": "rel-embmon-agent.embmon.svc",
+        "insecureSkipVerify": False,
+    }
+    assert endpoint["basicAuth"] == {
+        "username": {"name": "embmon-scrape", "key": "username"},
+        "password": {"name": "embmon-scrape", "key": "password"},
+    }
 
 
 def test_grafana_configmaps_hold_the_generated_files(

@@ -86,6 +86,9 @@ serves (drift metrics and windows), store (the /var/lib/embmon volume is the PVC
 {{- if $v.kafka.tls.cert -}}{{- $_ = set $s "ssl_certfile" "/etc/embmon/kafka/client.crt" -}}{{- end -}}
 {{- if $v.kafka.tls.key -}}{{- $_ = set $s "ssl_keyfile" "/etc/embmon/kafka/client.key" -}}{{- end -}}
 {{- end -}}
+{{- with $v.metrics.webConfigSecret -}}
+{{- $_ = set $s "metrics_web_config" (printf "/etc/embmon/web/%s" $v.metrics.webConfigKey) -}}
+{{- end -}}
 {{- toYaml $s -}}
 {{- end -}}
 
