@@ -241,6 +241,7 @@ ALLOWED_VOLUME_TYPES = {
 }
 ALLOWED_CAPABILITIES = {"NET_BIND_SERVICE"}
 ALLOWED_SECCOMP = {"RuntimeDefault", "Localhost"}
+ALLOWED_APPARMOR = {"RuntimeDefault", "Localhost"}
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
@@ -256,6 +257,8 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
         if not kinds <= ALLOWED_VOLUME_TYPES:
             found.append(f"volume {volume['name']}: type {sorted(kinds)} not allowed")
     pod_ctx = pod.get("securityContext", {})
+    if pod_ctx.get("appArmorProfile", {}).get("type", "RuntimeDefault") not in ALLOWED_APPARMOR:
+        found.append(f"pod appArmorProfile {pod_ctx['appArmorProfile']['type']}")
     if pod_ctx.get("runAsUser") == 0:
         found.append("pod runAsUser 0")
     for sysctl in pod_ctx.get("sysctls", []):
@@ -290,6 +293,8 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
         seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile", {}))
         if seccomp.get("type") not in ALLOWED_SECCOMP:
             found.append(f"{name}: seccompProfile is {seccomp.get('type')}")
+        if ctx.get("appArmorProfile", {}).get("type", "RuntimeDefault") not in ALLOWED_APPARMOR:
+            found.append(f"{name}: appArmorProfile {ctx['appArmorProfile']['type']}")
         if ctx.get("procMount", "Default") != "Default":
             found.append(f"{name}: procMount {ctx['procMount']}")
         if setting("seLinuxOptions") and {
@@ -389,6 +394,10 @@ def _break(pod: dict[str, Any], how: str) -> dict[str, Any]:
     elif how == "seccomp":
         c["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
         pod["securityContext"].pop("seccompProfile")
+    elif how == "apparmor":
+        c["securityContext"]["appArmorProfile"] = {"type": "Unconfined"}
+    elif how == "procMount":
+        c["securityContext"]["procMount"] = "Unmasked"
     elif how == "hostPort":
         c["ports"][0]["hostPort"] = 9808
     return pod
@@ -408,6 +417,8 @@ def _break(pod: dict[str, Any], how: str) -> dict[str, Any]:
         ("caps-add", "containers/embmon: adds capabilities ['SYS_ADMIN']"),
         ("seccomp", "containers/embmon: seccompProfile is Unconfined"),
         ("hostPort", "containers/embmon: hostPort 9808"),
+        ("apparmor", "containers/embmon: appArmorProfile Unconfined"),
+        ("procMount", "containers/embmon: procMount Unmasked"),
     ],
 )
 def test_restricted_checker_catches(
