@@ -672,6 +672,31 @@ def test_prometheus_rule_is_the_rule_file(rendered: dict[str, list[dict[str, Any
     assert rule["metadata"]["labels"]["release"] == "monitoring"
 
 
+def test_prometheus_rule_recording_rules_only(
+    crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator],
+) -> None:
+    """For alerting from Grafana: the same groups, their alerting rules left out."""
+    (rule,) = of_kind(
+        render(
+            "-f",
+            str(CHART / "ci" / "monitoring.yaml"),
+            "--set",
+            "prometheusRule.recordingRulesOnly=true",
+        ),
+        "PrometheusRule",
+    )
+    source = yaml.safe_load((ROOT / "deploy" / "prometheus" / "embmon-rules.yaml").read_text())
+    expected = [
+        {**group, "rules": [r for r in group["rules"] if "record" in r]}
+        for group in source["groups"]
+        if any("record" in r for r in group["rules"])
+    ]
+    assert expected and rule["spec"]["groups"] == expected
+    assert all("alert" not in r for g in rule["spec"]["groups"] for r in g["rules"])
+    validator = crd_validators[("monitoring.coreos.com/v1", "PrometheusRule")]
+    assert [e.message for e in validator.iter_errors(rule)] == []
+
+
 def test_service_monitor(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["monitoring.yaml"]
     (monitor,) = of_kind(objs, "ServiceMonitor")
