@@ -266,7 +266,9 @@ def test_a_window_a_collector_holds_back_is_emitted_partial_then_complete(
     )
     with ExitStack() as running:
         for process in (slow, fast, evaluator):
-            running.enter_context(process).wait_ready()
+            running.enter_context(process)
+        for process in (slow, fast, evaluator):
+            process.wait_ready()
         wait_for(
             lambda: 0 < _owned(slow) < PARTITIONS and _owned(slow) + _owned(fast) == PARTITIONS,
             "the two collectors sharing the partitions",
