@@ -47,9 +47,11 @@ embmon from ``EventBatch`` to verdict, alibi one ``predict`` call. Deterministic
 ``--seed`` (split, windows, noise, MMD permutations), except embmon's KLL sketches, whose
 compaction draws from datasketches' own unseeded generator: scores near a threshold can move
 between runs (in the calibration too), so an embmon count can differ by a window.
+``--code HEAD`` judges embmon as committed (its packages exported by ``git archive`` under
+``.cache/bench/detection-code/``, first on PYTHONPATH), not as the work tree holds it.
 
 usage: python bench/detection.py [--quick] [--seed S] [--windows W] [--mmd-permutations P]
-                                 [--test-share F] [--threads T] [--json OUT]
+                                 [--test-share F] [--threads T] [--code REV] [--json OUT]
 """
 
 from __future__ import annotations
@@ -269,18 +271,43 @@ def blas_env(threads: int) -> dict[str, str]:
     return {"OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
+CODE_ENV = "EMBMON_BENCH_CODE_COMMIT"
+PACKAGES = ("sketches", "agent", "exporters", "demo")
+
+
+def git(*argv: str) -> str:
+    done = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT, check=True)
+    return done.stdout.strip()
+
+
+def git_commit(rev: str) -> str:
+    return git("rev-parse", "--verify", f"{rev}^{{commit}}")
+
+
+def export_code(commit: str) -> Path:
+    """embmon's packages as committed (``git archive``), once, under .cache/bench/."""
+    out = ROOT / ".cache" / "bench" / "detection-code" / commit
+    if not (out / "sketches").is_dir():
+        staging = out.with_name(f"{commit}.partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, *PACKAGES], capture_output=True, cwd=ROOT, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(staging)], input=archive.stdout, check=True)
+        staging.rename(out)
+    return out
+
+
 def git_state() -> dict[str, Any]:
-    """The commit, and where the embmon code judged here came from: this work tree (with its
-    uncommitted changes to embmon's packages listed) or another copy on PYTHONPATH."""
-
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT)
-        return done.stdout.strip()
-
+    """Which embmon code was judged: the work tree (its HEAD, and its uncommitted changes to
+    embmon's packages listed) or a commit exported by ``--code`` (or another copy on
+    PYTHONPATH, commit unknown)."""
     code = Path(sketches.__file__).resolve().parent.parent
-    dirty = git("status", "--porcelain", "--", "sketches", "agent", "exporters")
+    dirty = git("status", "--porcelain", "--", *PACKAGES)
+    commit = os.environ.get(CODE_ENV) if code != ROOT else git("rev-parse", "HEAD")
     return {
-        "commit": git("rev-parse", "HEAD"),
+        "commit": commit,
+        "work_tree_head": git("rev-parse", "HEAD"),
         "embmon_code": str(code),
         "uncommitted_in_embmon_code": dirty.splitlines() if code == ROOT else [],
     }
@@ -304,14 +331,27 @@ def main() -> None:
     )
     parser.add_argument("--only", help="comma-separated case keys (e.g. clean-30,noise-100)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS / torch threads, both sides")
+    parser.add_argument(
+        "--code",
+        metavar="REV",
+        help="judge embmon as committed at REV (e.g. HEAD), not the work tree's sketches/ etc.",
+    )
     parser.add_argument("--alibi-python", default=os.environ.get("ALIBI_PYTHON"))
     parser.add_argument("--json", help="write the result here too")
     args = parser.parse_args()
     if args.windows is None:
         args.windows = 4 if args.quick else 20
+    env = {**os.environ, **blas_env(args.threads)}
+    if args.code and os.environ.get(CODE_ENV) != git_commit(args.code):
+        # Judge a committed version of embmon: its packages first on PYTHONPATH (the reference
+        # build's subprocess inherits it), whatever the work tree holds.
+        commit = git_commit(args.code)
+        code = export_code(commit)
+        env[CODE_ENV] = commit
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
         # BLAS reads its thread count at import: re-run this script with it set.
-        env = {**os.environ, **blas_env(args.threads)}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     started = time.perf_counter()
@@ -323,6 +363,7 @@ def main() -> None:
         todo = [c for c in todo if c.key in keep]
     used = sorted({c.reference for c in todo})
     result: dict[str, Any] = {"args": vars(args), "git": git_state(), "references": {}}
+    result["load_average_start"] = os.getloadavg()  # a shared machine: was anything else busy?
     embmon: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="embmon-detection-") as tmp_name:
         tmp = Path(tmp_name)
@@ -411,6 +452,7 @@ def main() -> None:
             "alibi_worker_s": alibi_s,
             "rows": rows,
             "seconds": time.perf_counter() - started,
+            "load_average_end": os.getloadavg(),
         }
     )
     print_tables(result, args.windows)
@@ -423,6 +465,10 @@ def _count(value: int | None, windows: int) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def print_tables(result: dict[str, Any], windows: int) -> None:
@@ -473,10 +519,17 @@ def print_tables(result: dict[str, Any], windows: int) -> None:
             f"{ref['alibi_rows']} profile rows: KS {fit['ks']:.1f} ms"
             + (f", MMD {fit['mmd']:.0f} ms" if "mmd" in fit else "")
         )
-    print(f"whole run {result['seconds']:.0f} s (alibi worker {result['alibi_worker_s']:.0f} s)")
+    print(
+        f"whole run {result['seconds']:.0f} s (alibi worker {result['alibi_worker_s']:.0f} s); "
+        f"load average (1, 5, 15 min) at start {_load(result['load_average_start'])}, "
+        f"at end {_load(result['load_average_end'])}"
+    )
     dirty = result["git"]["uncommitted_in_embmon_code"]
     if result["git"]["embmon_code"] != str(ROOT):
-        print(f"embmon code from {result['git']['embmon_code']} (commit {result['git']['commit']})")
+        print(
+            f"embmon code from {result['git']['embmon_code']} (commit "
+            f"{result['git']['commit'] or 'unknown'}), not the work tree"
+        )
     if dirty:
         print(f"note: embmon code had uncommitted changes: {dirty}")
 
