@@ -2,6 +2,7 @@
 
 - :func:`rule_expressions`: the ``expr`` of every recording and alerting rule in
   ``deploy/prometheus/embmon-rules.yaml``.
+- :func:`check_with_promtool`: fails unless promtool parses each of a list of expressions.
 - :func:`dashboard_expressions`: the ``expr`` of every query of every dashboard in
   ``deploy/grafana/generated/``, plus the series selector of each ``label_values(...)`` template
   variable, with Grafana's variables replaced so that Prometheus can run them: ``$model``,
@@ -17,15 +18,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 __all__ = [
     "DASHBOARD_DIR",
     "RULES_FILE",
+    "check_with_promtool",
     "dashboard_expressions",
     "dashboard_files",
     "rule_expressions",
@@ -100,3 +105,31 @@ def dashboard_expressions(directory: Path = DASHBOARD_DIR) -> list[str]:
             substitute_grafana_variables(expr) for expr in _raw_dashboard_expressions(dashboard)
         )
     return expressions
+
+
+def check_with_promtool(expressions: Sequence[str], rule_file: Path) -> None:
+    """Fail unless promtool parses every one of ``expressions``. promtool has no bare PromQL
+    parser, so each becomes a recording rule of a file written to ``rule_file``."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail(
+            "promtool is not on PATH; install it with: "
+            "apt-get install -y prometheus prometheus-alertmanager",
+            pytrace=False,
+        )
+    rules = [
+        {"record": f"embmon_{rule_file.stem.replace('-', '_')}:expr_{index}", "expr": expr}
+        for index, expr in enumerate(expressions)
+    ]
+    rule_file.write_text(
+        yaml.safe_dump({"groups": [{"name": rule_file.stem, "rules": rules}]}), encoding="utf-8"
+    )
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rule_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(expressions)} rules found" in result.stdout

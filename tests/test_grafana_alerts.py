@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -302,27 +301,4 @@ def test_expressions_are_the_rule_files_and_parse_with_promtool(tmp_path: Path) 
     promtool); they are parsed again here, as the copies Grafana runs."""
     expressions = [_queries(rule)["A"]["model"]["expr"] for rule in _grafana_rules().values()]
     assert set(expressions) <= set(promql_exprs.rule_expressions())
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail(
-            "promtool is not on PATH; install it with: "
-            "apt-get install -y prometheus prometheus-alertmanager",
-            pytrace=False,
-        )
-    rules = [
-        {"record": f"embmon_grafana_alert:expr_{index}", "expr": expr}
-        for index, expr in enumerate(expressions)
-    ]
-    rule_file = tmp_path / "grafana-alert-expressions.yaml"
-    rule_file.write_text(
-        yaml.safe_dump({"groups": [{"name": "grafana_alerts", "rules": rules}]}), encoding="utf-8"
-    )
-    result = subprocess.run(
-        [promtool, "check", "rules", str(rule_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(expressions)} rules found" in result.stdout
+    promql_exprs.check_with_promtool(expressions, tmp_path / "grafana-alerts.yaml")
