@@ -112,9 +112,14 @@ def test_second_replica_joining_mid_stream_loses_and_doubles_nothing(
                 timeout_s=60,
             )
             for agent in (a, b):
-                m = agent.metrics()
+                # The gauge is set once the turn's windows are persisted, a moment after the
+                # files show them: wait for it rather than read it once.
+                m = agent.wait_metrics(
+                    lambda m: m.get("embmon_open_windows") == 1.0,
+                    "the sentinels' window the only one open",
+                    timeout_s=30,
+                )
                 assert m.get("embmon_events_rejected_total", reason="late") is None
-                assert m.get("embmon_open_windows") == 1.0  # the sentinels' window only
             b.terminate()
             a.terminate()
             assert b.wait_exit(15) == 0, b.log_tail()
