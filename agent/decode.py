@@ -18,13 +18,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.event_reader import EventFields, EventReader
 from agent.fields import FieldMap, get_path
 from agent.values import (
     NUMBER_TYPES,
@@ -61,6 +61,8 @@ _Pairs = tuple[tuple[str, str], ...]
 # Every time in the range can be written as a date (``exporters.records.format_time``).
 _MAX_EPOCH_SECONDS = 1e11
 _T = TypeVar("_T")
+_Vector = list[object] | bytes | npt.NDArray[np.float64]
+"""One event's vector as read: a JSON list, float32 bytes, or numbers the compiled reader parsed."""
 
 
 class RecordLike(Protocol):
@@ -128,7 +130,7 @@ class _Row(NamedTuple):
     timestamp: float
     model: str
     segment: _Pairs
-    vector: list[object] | bytes
+    vector: _Vector
     tokens: list[str] | None
     prediction: str | None
     target: str | None
@@ -183,7 +185,8 @@ class Decoder:
         self.max_event_bytes = max_event_bytes
         self.clock = clock
         self.max_future_s = max_future_s or None
-        self._paths = {f.name: self.fields.path(f.name) for f in dataclass_fields(FieldMap)}
+        self._paths = [self.fields.path(f) for f in EventFields._fields]
+        self._reader = EventReader(self.fields, self.segment_keys)
 
     def decode(self, records: Iterable[RecordLike]) -> DecodedBatch:
         """Decode ``records``; never raises for bad records, which come back as rejects."""
@@ -209,21 +212,19 @@ class Decoder:
             raise Bad("invalid_json", "record has no value (a tombstone?)")
         if len(raw) > self.max_event_bytes:
             raise Bad("oversized", f"{len(raw)} bytes > max_event_bytes {self.max_event_bytes}")
-        obj = loads(raw)
-        if not isinstance(obj, dict):
-            raise Bad("not_object", f"event is {kind(obj)}, not an object")
+        v = self._reader.read(raw) or self._read_exactly(raw)
         f = self.fields
-        event_id = label(f.event_id, get_path(obj, self._paths["event_id"]))
+        event_id = label(f.event_id, v.event_id)
         try:
             # Checked in this order (the first problem found is the reject reason); the row
             # is built positionally, which costs a fraction of a keyword call per record.
-            vector = self._vector(obj)
-            timestamp = self._timestamp(obj, record.timestamp, horizon)
-            model = self._model(obj)
-            segment = self._segment(obj)
-            tokens = self._tokens(obj)
-            prediction = name(f.prediction, get_path(obj, self._paths["prediction"]))
-            target = name(f.target, get_path(obj, self._paths["target"]))
+            vector = self._vector(v.embedding, v.embedding_b64)
+            timestamp = self._timestamp(v.timestamp, record.timestamp, horizon)
+            model = self._model(v.model)
+            segment = self._segment(v.segment)
+            tokens = self._tokens(v.tokens, v.text)
+            prediction = name(f.prediction, v.prediction)
+            target = name(f.target, v.target)
         except Bad as bad:
             bad.event_id = event_id
             raise
@@ -231,9 +232,23 @@ class Decoder:
             index, record, event_id, timestamp, model, segment, vector, tokens, prediction, target
         )
 
-    def _vector(self, obj: dict[str, object]) -> list[object] | bytes:
+    def _read_exactly(self, raw: bytes) -> EventFields:
+        """The fields as orjson (and ``json`` for what it refuses) reads them: every record the
+        compiled reader passes on comes here, and any reject of the JSON itself is found here."""
+        obj = loads(raw)
+        if not isinstance(obj, dict):
+            raise Bad("not_object", f"event is {kind(obj)}, not an object")
+        values = [get_path(obj, path) for path in self._paths]
+        if not self.segment_keys:
+            values[-1] = None
+        return EventFields(*values)
+
+    def _vector(self, vec: object, b64: object) -> _Vector:
         f, dim = self.fields, self.dim
-        vec = get_path(obj, self._paths["embedding"])
+        if isinstance(vec, np.ndarray):  # parsed by the compiled reader: numbers only
+            if len(vec) != dim:
+                raise wrong_dimension(len(vec), dim)
+            return vec
         if vec is not None:
             if not isinstance(vec, list):
                 raise Bad("wrong_type", f"{f.embedding} must be an array, not {kind(vec)}")
@@ -244,25 +259,26 @@ class Decoder:
             if not NUMBER_TYPES.issuperset(map(type, vec)):
                 raise not_numbers(vec)
             return vec
-        b64 = get_path(obj, self._paths["embedding_b64"])
         if b64 is None:
             raise Bad("missing_embedding", f"no {f.embedding!r} nor {f.embedding_b64!r}")
-        if not isinstance(b64, str):
+        if isinstance(b64, bytes):  # decoded by the compiled reader, as strictly
+            data = b64
+        elif not isinstance(b64, str):
             raise Bad("wrong_type", f"{f.embedding_b64} must be a string, not {kind(b64)}")
-        try:  # base64.b64decode(b64, validate=True) without its Python wrapper
-            data = binascii.a2b_base64(b64, strict_mode=True)
-        except ValueError:
-            raise Bad("wrong_type", f"{f.embedding_b64} is not valid base64") from None
+        else:
+            try:  # base64.b64decode(b64, validate=True) without its Python wrapper
+                data = binascii.a2b_base64(b64, strict_mode=True)
+            except ValueError:
+                raise Bad("wrong_type", f"{f.embedding_b64} is not valid base64") from None
         if len(data) % 4:
             raise Bad("wrong_type", f"{f.embedding_b64} is {len(data)} bytes, not float32s")
         if len(data) != 4 * dim:
             raise wrong_dimension(len(data) // 4, dim)
         return data
 
-    def _timestamp(self, obj: dict[str, object], record_ms: int | None, horizon: float) -> float:
+    def _timestamp(self, value: object, record_ms: int | None, horizon: float) -> float:
         """Epoch seconds of the event, from its field or else from its record."""
         path = self.fields.timestamp
-        value = get_path(obj, self._paths["timestamp"])
         if value is None:
             if record_ms is None or record_ms < 0:
                 raise Bad("bad_timestamp", "event has no timestamp and the record carries none")
@@ -293,18 +309,14 @@ class Decoder:
             )
         return seconds
 
-    def _model(self, obj: dict[str, object]) -> str:
-        value = get_path(obj, self._paths["model"])
+    def _model(self, value: object) -> str:
         if value is None:
             return self.default_model
         if not isinstance(value, str) or not value:
             raise Bad("wrong_type", f"{self.fields.model} must be a non-empty string")
         return bounded(self.fields.model, value)
 
-    def _segment(self, obj: dict[str, object]) -> _Pairs:
-        if not self.segment_keys:
-            return ()
-        value = get_path(obj, self._paths["segment"])
+    def _segment(self, value: object) -> _Pairs:
         if value is None:
             return ()
         if not isinstance(value, dict):
@@ -314,13 +326,11 @@ class Decoder:
         )
         return tuple((key, text) for key, text in kept if text is not None)
 
-    def _tokens(self, obj: dict[str, object]) -> list[str] | None:
-        tokens = get_path(obj, self._paths["tokens"])
+    def _tokens(self, tokens: object, text: object) -> list[str] | None:
         if tokens is not None:
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
                 raise Bad("wrong_type", f"{self.fields.tokens} must be an array of strings")
             return tokens
-        text = get_path(obj, self._paths["text"])
         if text is None:
             return None
         if not isinstance(text, str):
@@ -331,7 +341,7 @@ class Decoder:
         """All vectors as one float32 matrix, plus the rows holding NaN or infinity and where."""
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         lists: list[int] = []
-        vectors: list[list[object]] = []
+        vectors: list[list[object] | npt.NDArray[np.float64]] = []
         blobs: list[int] = []
         data: list[bytes] = []
         for pos, row in enumerate(rows):
