@@ -39,6 +39,7 @@ from .batch import EventBatch
 from .drift import CategoricalStatistic, drift_scores
 from .geometry import EmbeddingFeatures
 from .profile import WindowProfile
+from .sample import row_keys
 from .text import TextFeatures, text_features
 
 __all__ = ["DEFAULT_SIZES", "Calibration", "calibrate"]
@@ -96,6 +97,7 @@ class _RowSampler:
 
     def __init__(self, features: EmbeddingFeatures, batch: EventBatch) -> None:
         self.features = features
+        self.keys = row_keys(batch.embeddings)
         self.text: TextFeatures | None = None
         if batch.tokens is not None:
             self.text = text_features(batch.tokens)
@@ -114,6 +116,7 @@ class _RowSampler:
         profile = empty()
         profile.update_features(
             self.features.take(rows),
+            self.keys[rows],
             text=self._text(rows),
             predictions=None if self._predictions is None else self._predictions[rows].tolist(),
             targets=None if self._targets is None else self._targets[rows].tolist(),

@@ -9,6 +9,9 @@ Each metric compares one part of a window's profile with the same part of the re
 - ``centroid_shift`` — how far the window's own centroids moved from the reference's, in the
   PCA subspace: the event-weighted RMS shift divided by the reference's RMS within-centroid
   spread;
+- ``sample_mmd`` — the unbiased squared maximum mean discrepancy (Gaussian kernel, median
+  bandwidth) between the two profiles' samples of PCA coordinates (:mod:`sketches.mmd`): a
+  test on the joint distribution, for shifts that move few marginals;
 - ``doc_length``, ``term_length`` (KS), ``frequent_terms`` (categorical statistic over the top
   terms of both sides plus an "other" bucket) when both sides carry text;
 - ``prediction`` (categorical statistic on the predicted classes) when both carry predictions.
@@ -29,6 +32,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .mmd import sample_mmd
 from .profile import WindowProfile
 from .quantiles import QuantileSketch, ks_on_sketches
 
@@ -172,6 +176,8 @@ def drift_scores(
         "pca_residual": Score("ks", ks_on_sketches(window.residual, reference.residual), n),
         "centroid_shift": Score("mean_shift", _centroid_shift(window, reference), n),
     }
+    if len(window.sample) and len(reference.sample):  # profiles older than the sample have none
+        scores["sample_mmd"] = Score("mmd", sample_mmd(window.sample, reference.sample), n)
     docs = window.text.documents
     if docs and reference.text.documents:
         wt, rt = window.text, reference.text

@@ -3,9 +3,11 @@
 A profile is bound to one reference (its version travels with the bytes): distances of each
 event to each reference centroid (one KLL per centroid), the closest centroid (exact counts),
 the window's own centroids in the reference PCA subspace (exact sums), the residual off that
-subspace (KLL), text statistics, the confusion matrix and the prediction mix. Merging the
-profiles of a split stream gives the profile of the whole stream: exactly for counts and sums,
-within the KLL / frequent-items bounds for quantiles and term counts.
+subspace (KLL), a bounded uniform sample of the events' PCA coordinates (bottom-k on a hash of
+each row, :mod:`sketches.sample`), text statistics, the confusion matrix and the prediction
+mix. Merging the profiles of a split stream gives the profile of the whole stream: exactly for
+counts, sums and the sample (up to the last bits of coordinates BLAS computed in batches of
+other shapes), within the KLL / frequent-items bounds for quantiles and term counts.
 
 >>> import numpy as np
 >>> from sketches.batch import EventBatch
@@ -32,6 +34,7 @@ from .counts import CategoryCounts, ConfusionMatrix
 from .errors import IncompatibleSketchError
 from .geometry import EmbeddingFeatures, EmbeddingSpace
 from .quantiles import QuantileSketch
+from .sample import DEFAULT_CAPACITY, CoordinateSample, row_keys
 from .serial import pack, reading, unpack
 from .shift import CentroidSums
 from .text import TextFeatures, TextSketch, text_features
@@ -53,11 +56,18 @@ class WindowProfile:
         "predictions",
         "reference_version",
         "residual",
+        "sample",
         "shift",
         "text",
     )
 
-    def __init__(self, centroid_labels: tuple[str, ...], components: int, reference_version: str):
+    def __init__(
+        self,
+        centroid_labels: tuple[str, ...],
+        components: int,
+        reference_version: str,
+        sample_capacity: int = DEFAULT_CAPACITY,
+    ):
         self._space: EmbeddingSpace | None = None
         self.centroid_labels = centroid_labels
         self.reference_version = reference_version
@@ -67,14 +77,17 @@ class WindowProfile:
         self.closest = CategoryCounts()
         self.shift = CentroidSums(len(centroid_labels), components)
         self.residual = QuantileSketch(1)
+        self.sample = CoordinateSample(components, sample_capacity)
         self.text = TextSketch()
         self.confusion = ConfusionMatrix()
         self.predictions = CategoryCounts()
 
     @classmethod
-    def empty(cls, space: EmbeddingSpace, reference_version: str) -> WindowProfile:
+    def empty(
+        cls, space: EmbeddingSpace, reference_version: str, sample_capacity: int = DEFAULT_CAPACITY
+    ) -> WindowProfile:
         """The identity for ``merge``, able to ``update`` from raw embeddings of ``space``."""
-        profile = cls(space.labels, space.n_components, reference_version)
+        profile = cls(space.labels, space.n_components, reference_version, sample_capacity)
         profile._space = space
         return profile
 
@@ -93,6 +106,7 @@ class WindowProfile:
         if len(batch) == 0:
             return
         features = self._space.features(batch.embeddings)
+        keys = row_keys(batch.embeddings)
         if not np.isfinite(features.residual).all():  # the cheap test; exact one if it fails
             # NaN/Inf inputs, and finite ones so large that their squares overflow float32
             finite = (
@@ -103,11 +117,12 @@ class WindowProfile:
             if not finite.all():
                 self.invalid += int((~finite).sum())
                 rows = np.flatnonzero(finite)
-                batch, features = batch.take(rows), features.take(rows)
+                batch, features, keys = batch.take(rows), features.take(rows), keys[rows]
         if len(batch) == 0:
             return
         self.update_features(
             features,
+            keys,
             text=None if batch.tokens is None else text_features(batch.tokens),
             predictions=batch.predictions,
             targets=batch.targets,
@@ -116,12 +131,14 @@ class WindowProfile:
     def update_features(
         self,
         features: EmbeddingFeatures,
+        keys: npt.NDArray[np.uint64],
         *,
         text: TextFeatures | None = None,
         predictions: Sequence[str | None] | None = None,
         targets: Sequence[str | None] | None = None,
     ) -> None:
-        """Add precomputed per-event features and the events' other columns.
+        """Add precomputed per-event features, their rows' sample priorities
+        (:func:`sketches.sample.row_keys` of the embeddings) and the events' other columns.
 
         Calibration samples thousands of windows from the same rows; computing the features
         once and sampling them is what makes that affordable.
@@ -133,6 +150,7 @@ class WindowProfile:
         self.closest.update_counts(labels, np.bincount(features.closest, minlength=len(labels)))
         self.shift.update(features.closest, features.coords)
         self.residual.update(features.residual)
+        self.sample.update(keys, features.coords)
         if text is not None:
             self.text.update_features(text)
         if predictions is not None:
@@ -157,6 +175,7 @@ class WindowProfile:
         merged.closest = self.closest.merge(other.closest)
         merged.shift = self.shift.merge(other.shift)
         merged.residual = self.residual.merge(other.residual)
+        merged.sample = self.sample.merge(other.sample)
         merged.text = self.text.merge(other.text)
         merged.confusion = self.confusion.merge(other.confusion)
         merged.predictions = self.predictions.merge(other.predictions)
@@ -187,6 +206,7 @@ class WindowProfile:
             self.text.to_bytes(),
             self.confusion.to_bytes(),
             self.predictions.to_bytes(),
+            self.sample.to_bytes(),
         ]
         return pack("window_profile", header, parts)
 
@@ -195,7 +215,7 @@ class WindowProfile:
         """Read a profile; pass the reference's space to be able to ``update`` it further."""
         with reading("window_profile"):
             header, blobs = unpack(data, "window_profile")
-            distances, closest, shift, residual, text, confusion, predictions = blobs
+            distances, closest, shift, residual, text, confusion, predictions, *sample = blobs
             profile = cls(
                 tuple(header["labels"]), int(header["components"]), str(header["reference"])
             )
@@ -209,6 +229,9 @@ class WindowProfile:
             profile.text = TextSketch.from_bytes(text)
             profile.confusion = ConfusionMatrix.from_bytes(confusion)
             profile.predictions = CategoryCounts.from_bytes(predictions)
+            if sample:  # profiles written before the sample existed have none: an empty one
+                (sample_bytes,) = sample
+                profile.sample = CoordinateSample.from_bytes(sample_bytes)
             return profile
 
     def __eq__(self, other: object) -> bool:

@@ -68,6 +68,7 @@ from .geometry import (
     cross_fitted_features,
 )
 from .profile import WindowProfile
+from .sample import REFERENCE_CAPACITY, row_keys
 from .serial import pack, unpack
 from .text import text_features
 
@@ -221,10 +222,12 @@ def _with_version(profile_bytes: bytes, version: str) -> bytes:
 def _profile(
     space: EmbeddingSpace, features: EmbeddingFeatures, batch: EventBatch
 ) -> WindowProfile:
-    """The reference profile of rows whose features are already computed (out of fold)."""
-    profile = WindowProfile.empty(space, "")
+    """The reference profile of rows whose features are already computed (out of fold); its
+    coordinate sample keeps more rows than a window's, as the baseline of every window's test."""
+    profile = WindowProfile.empty(space, "", REFERENCE_CAPACITY)
     profile.update_features(
         features,
+        row_keys(batch.embeddings),
         text=None if batch.tokens is None else text_features(batch.tokens),
         predictions=batch.predictions,
         targets=batch.targets,

@@ -90,6 +90,7 @@ def test_build_with_each_method_and_distance(method: Method, distance: Distance)
         "centroid_distance",
         "pca_residual",
         "centroid_shift",
+        "sample_mmd",
     }
     assert ref.classification_f1 is None  # no predictions/targets given
 

@@ -39,6 +39,7 @@ from sketches.frequent import DistinctCount, FrequentItems
 from sketches.geometry import EmbeddingSpace
 from sketches.profile import WindowProfile
 from sketches.quantiles import QuantileSketch
+from sketches.sample import CoordinateSample, row_keys
 from sketches.serial import FORMAT_VERSION
 from sketches.shift import CentroidSums
 from sketches.text import TextSketch
@@ -134,6 +135,24 @@ def _bulk_coords(rng: np.random.Generator, n: int) -> Events:
 COORDS = st.one_of(
     st.lists(st.tuples(st.integers(0, CENTROIDS - 1), st.tuples(_COORD, _COORD)), max_size=50),
     _seeded(_bulk_coords, 2000),
+)
+
+SAMPLE_CAPACITY = 16  # small, so that most streams overflow it
+
+
+def _bulk_sample_rows(rng: np.random.Generator, n: int) -> Events:
+    """Rows with many repeats (small integers) or none (normal floats)."""
+    if rng.random() < 0.5:
+        rows = rng.integers(-3, 4, size=(n, COMPONENTS)).astype(np.float32)
+    else:
+        rows = rng.normal(size=(n, COMPONENTS)).astype(np.float32)
+    return [tuple(row) for row in rows.tolist()]
+
+
+SAMPLE_ROWS = st.one_of(
+    st.lists(st.tuples(*[st.integers(-2, 2).map(float)] * COMPONENTS), max_size=40),
+    st.lists(st.tuples(_COORD, _COORD), max_size=40),
+    _seeded(_bulk_sample_rows, 2000),
 )
 
 # "\x00" and "" are left out on purpose: numpy's fixed-width str arrays drop trailing NULs and
@@ -260,6 +279,15 @@ def _feed_shift(sketch: CentroidSums, events: Events) -> None:
     sketch.update(*_coords(events))
 
 
+def _sample_rows(events: Events) -> np.ndarray:
+    return np.asarray(events, dtype=np.float32).reshape(-1, COMPONENTS)
+
+
+def _feed_sample(sketch: CoordinateSample, events: Events) -> None:
+    rows = _sample_rows(events)
+    sketch.update(row_keys(rows), rows)
+
+
 def _feed_text(sketch: TextSketch, events: Events) -> None:
     sketch.update(events)
 
@@ -336,6 +364,21 @@ def _check_shift(sketch: CentroidSums, events: Events) -> None:
     assert np.all(np.abs(sketch.squares - squares) <= tolerance)
 
 
+def _check_sample_of(sketch: CoordinateSample, keys: np.ndarray, rows: np.ndarray) -> None:
+    """Exactly the ``capacity`` distinct rows of smallest priority, with their exact counts."""
+    distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    kept = slice(0, sketch.capacity)
+    assert len(sketch) == min(len(distinct), sketch.capacity)
+    assert np.array_equal(sketch.keys, distinct[kept])
+    assert np.array_equal(sketch.counts, counts[kept])
+    assert np.array_equal(sketch.coords, rows[first][kept])
+
+
+def _check_sample(sketch: CoordinateSample, events: Events) -> None:
+    rows = _sample_rows(events)
+    _check_sample_of(sketch, row_keys(rows), rows)
+
+
 def _check_text(sketch: TextSketch, events: Events) -> None:
     docs = [doc for doc in events if doc is not None]
     tokens = [token for doc in docs for token in doc]
@@ -368,6 +411,7 @@ def _check_profile(sketch: WindowProfile, events: Events) -> None:
             for c, v in zip(features.closest, features.coords.tolist(), strict=True)
         ],
     )
+    _check_sample_of(sketch.sample, row_keys(vectors[finite]), features.coords)
     _check_text(sketch.text, [e.tokens for e in kept])
     _check_category(sketch.predictions, [e.prediction for e in kept if e.prediction is not None])
     _check_confusion(sketch.confusion, [(e.target, e.prediction) for e in kept])
@@ -402,6 +446,10 @@ def _shift_readout(sketch: CentroidSums) -> tuple[Any, ...]:
     return sketch.counts.tolist(), sketch.sums.tolist(), sketch.squares.tolist()
 
 
+def _sample_readout(sketch: CoordinateSample) -> tuple[Any, ...]:
+    return sketch.capacity, sketch.keys.tolist(), sketch.counts.tolist(), sketch.coords.tolist()
+
+
 def _text_readout(sketch: TextSketch) -> tuple[Any, ...]:
     return (
         sketch.documents,
@@ -422,6 +470,7 @@ def _profile_readout(sketch: WindowProfile) -> tuple[Any, ...]:
         _category_readout(sketch.closest),
         _shift_readout(sketch.shift),
         _quantile_readout(sketch.residual),
+        _sample_readout(sketch.sample),
         _text_readout(sketch.text),
         _confusion_readout(sketch.confusion),
         _category_readout(sketch.predictions),
@@ -478,6 +527,7 @@ INCOMPATIBLE: dict[str, list[Callable[[], tuple[Any, Any]]]] = {
     ],
     # A TextSketch takes no parameters; one whose parts were made with other parameters (as
     # a different embmon build would write them) must still refuse to merge.
+    "CoordinateSample": [lambda: (CoordinateSample(2), CoordinateSample(3))],
     "TextSketch": [
         lambda: (TextSketch(), _text_with(terms=FrequentItems(8))),
         lambda: (TextSketch(), _text_with(distinct=DistinctCount(10))),
@@ -529,6 +579,9 @@ KINDS = [
          _feed_distinct, _check_distinct, _distinct_readout, None),
     Kind("CentroidSums", CentroidSums, lambda: CentroidSums(CENTROIDS, COMPONENTS), COORDS,
          _feed_shift, _check_shift, _shift_readout, _same_shift),
+    Kind("CoordinateSample", CoordinateSample,
+         lambda: CoordinateSample(COMPONENTS, SAMPLE_CAPACITY), SAMPLE_ROWS,
+         _feed_sample, _check_sample, _sample_readout, _same_by_equality),
     Kind("TextSketch", TextSketch, TextSketch, DOCS,
          _feed_text, _check_text, _text_readout, None),
     Kind("WindowProfile", WindowProfile, _empty_profile, PROFILE_EVENTS,
@@ -559,6 +612,7 @@ def test_the_registry_covers_every_sketch_type() -> None:
         FrequentItems,
         DistinctCount,
         CentroidSums,
+        CoordinateSample,
         TextSketch,
         WindowProfile,
     }
@@ -736,6 +790,7 @@ def _sample(kind: Kind) -> Any:
         "FrequentItems(lg_max_k=3)": lambda r: _bulk_weighted(r, 300),
         "DistinctCount": lambda r: _bulk_distinct(r, 300),
         "CentroidSums": lambda r: _bulk_coords(r, 50),
+        "CoordinateSample": lambda r: _bulk_sample_rows(r, 40),
         "TextSketch": lambda r: _bulk_docs(r, 60),
         "WindowProfile": lambda r: _bulk_events(r, 80),
     }

@@ -607,6 +607,7 @@ def test_calibrate_gives_non_increasing_thresholds_for_every_metric() -> None:
         "centroid_distance",
         "pca_residual",
         "centroid_shift",
+        "sample_mmd",
     }
     for metric, values in calibration.thresholds.items():
         assert len(values) == len(sizes)
