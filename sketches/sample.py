@@ -160,13 +160,14 @@ def _bottom(
     """Entries with equal keys combined (counts summed, the lexicographically smallest
     coordinates kept: the same row sketched in two batches may differ in its last bits), then
     the ``capacity`` smallest keys in increasing order: one canonical form for any input order."""
-    if len(keys) == 0:
-        return keys, counts, coords
     order = np.argsort(keys, kind="stable")
-    if (keys[order][1:] == keys[order][:-1]).any():  # repeated rows: order them by content too
-        order = np.lexsort((*coords.T[::-1], keys))
     keys, counts, coords = keys[order], counts[order], coords[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    summed = np.add.reduceat(counts, starts)[:capacity]
-    kept = starts[:capacity]
-    return keys[kept], summed.astype(np.int64), coords[kept]
+    end = starts[capacity] if len(starts) > capacity else len(keys)
+    keys, counts, coords = keys[:end], counts[:end], coords[:end]
+    repeated = np.r_[keys[1:] == keys[:-1], False] | np.r_[False, keys[1:] == keys[:-1]]
+    if repeated.any():  # order each run of equal keys by content (keys stay sorted)
+        rows = np.flatnonzero(repeated)
+        coords[rows] = coords[rows[np.lexsort((*coords[rows].T[::-1], keys[rows]))]]
+    kept = starts[starts < end]
+    return keys[kept], np.add.reduceat(counts, kept).astype(np.int64), coords[kept]
