@@ -1,10 +1,10 @@
-"""All six benchmarks, one after the other (``make bench``); figures go to BENCHMARKS.md by hand.
+"""All seven benchmarks, one after the other (``make bench``); figures go to BENCHMARKS.md by hand.
 
 Each benchmark runs in its own process with BLAS pinned to one thread (the agent is one Python
 process; pinning makes runs on a shared machine comparable), prints its table, and writes its
 raw result to ``--out`` (default ``.cache/bench/results``) as JSON.
 
-usage: python bench/run_all.py [--quick] [--only sketch,kafka,memory,scaling,scale_out,detection] [--out DIR]
+usage: python bench/run_all.py [--quick] [--only sketch,kafka,memory,scaling,scale_out,detection,replay] [--out DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SCRIPTS = {
     "scaling": "scaling.py",
     "scale_out": "scale_out.py",
     "detection": "detection.py",
+    "replay": "replay_vs_whylogs.py",
 }
 
 
