@@ -15,8 +15,8 @@ between the reference sample's rows (the median heuristic): a function of the re
 fixed once it is built. No p-value is computed here: like every metric, the score is judged
 by a threshold calibrated per window size (:mod:`sketches.calibration`).
 
-Cost: one ``m x r`` and one ``m x m`` kernel matrix (``m``, ``r`` the sample sizes), about a
-millisecond at 512 x 540; the reference's own term and bandwidth are computed once and kept
+Cost: one ``m x r`` and one ``m x m`` kernel matrix (``m``, ``r`` the sample sizes), one to two
+milliseconds at 512 x 540; the reference's own term and bandwidth are computed once and kept
 in its sample's memo.
 
 >>> import numpy as np

@@ -17,7 +17,8 @@ whole window keeps (the bottom k of a union is the bottom k of the union of bott
 merge is exact, commutative and associative, and the empty sample is its identity. Merging
 samples of different capacities keeps the smaller one, which is still exact.
 
-Memory: ``capacity * (4 * components + 16)`` bytes, 42 kB at 512 x 20.
+Memory: ``capacity * (4 * components + 16)`` bytes, 49 kB at 512 x 20 (a digits window profile
+grows from 17 to 67 kB with it).
 
 >>> import numpy as np
 >>> x = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
