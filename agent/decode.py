@@ -339,7 +339,6 @@ class Decoder:
 
     def _matrix(self, rows: list[_Row]) -> tuple[FloatMatrix, dict[int, str]]:
         """All vectors as one float32 matrix, plus the rows holding NaN or infinity and where."""
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
         lists: list[int] = []
         vectors: list[list[object] | npt.NDArray[np.float64]] = []
         blobs: list[int] = []
@@ -351,11 +350,16 @@ class Decoder:
             else:
                 lists.append(pos)
                 vectors.append(row.vector)
-        if lists:
+        if not lists:  # every vector came as float32 bytes (the usual case): nothing to place
+            floats = np.frombuffer(b"".join(data), dtype="<f4").reshape(len(rows), self.dim)
+            out = floats.astype(np.float32, copy=False)
+        else:
+            out = np.empty((len(rows), self.dim), dtype=np.float32)
             with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported below
                 out[lists] = np.array(vectors, dtype=np.float32)
-        if blobs:
-            out[blobs] = np.frombuffer(b"".join(data), dtype="<f4").reshape(len(blobs), self.dim)
+            if blobs:
+                floats = np.frombuffer(b"".join(data), dtype="<f4")
+                out[blobs] = floats.reshape(len(blobs), self.dim)
         non_finite: dict[int, str] = {}
         for pos in np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist():
             col = int(np.flatnonzero(~np.isfinite(out[pos]))[0])
@@ -371,8 +375,9 @@ class Decoder:
         groups = []
         for (model, segment), picked in members.items():
             sel = [rows[p] for p in picked]
+            whole = len(picked) == len(matrix)  # one group of every row (one model, no segment)
             batch = EventBatch(
-                embeddings=matrix[np.asarray(picked, dtype=np.intp)],
+                embeddings=matrix if whole else matrix[np.asarray(picked, dtype=np.intp)],
                 timestamps=np.array([r.timestamp for r in sel], dtype=np.float64),
                 tokens=_column([r.tokens for r in sel]),
                 predictions=_column([r.prediction for r in sel]),
