@@ -11,7 +11,7 @@ string. Most records are good, so this reader tries the common case first:
 
 It promises only this: when it returns fields, they are the values ``orjson`` plus
 :func:`agent.fields.get_path` would give (what the checks in ``agent.decode`` then see), with
-the same numbers once a vector is float32. Whenever the two could differ (a type the schema
+the same numbers once a vector is float32 (of a segment object, the kept keys' values). Whenever the two could differ (a type the schema
 does not take, text that is not UTF-8, a number out of range, a nested array, an integer
 ``orjson`` would not read as one) it returns ``None`` and the record takes the exact path,
 which finds the reject reason. tests/test_event_reader.py holds it to that, record by record.
