@@ -8,8 +8,9 @@ smallest priority.
 
 Guarantee: while a window has at most ``capacity`` distinct rows, the sample *is* the window
 (every distinct row with its exact count). Beyond that it holds ``capacity`` distinct rows
-drawn uniformly without replacement (as far as BLAKE2b is a random function; priority
-collisions, at about ``rows**2 / 2**65``, would merge two rows into one entry), each with its
+drawn uniformly without replacement (as far as the hash behaves as a random function;
+priority collisions, at about ``rows**2 / 2**64`` for rows differing in their low mantissa
+bits and ``rows**2 / 2**32`` at worst, would merge two rows into one entry), each with its
 exact count, so the count-weighted sample is a consistent estimate of the window's
 distribution with an effective size of about ``capacity``. The priority depends on the row
 only, so merging the samples of a split window gives exactly the sample one pass over the
@@ -32,7 +33,7 @@ grows from 17 to 67 kB with it).
 
 from __future__ import annotations
 
-from hashlib import blake2b
+import functools
 from typing import Any
 
 import numpy as np
@@ -50,14 +51,37 @@ F32 = npt.NDArray[np.float32]
 
 
 def row_keys(vectors: npt.NDArray[Any]) -> Keys:
-    """The priority of each row: the first 8 bytes of BLAKE2b of its float32 bytes.
+    """The priority of each row: a hash of its float32 bytes.
 
     A function of the row's content only, so a row gets the same priority in whichever
-    process, batch or partition it is sketched.
+    process, batch or partition it is sketched. The hash is linear in the row's 32-bit words
+    with fixed odd 64-bit multipliers (exact integer arithmetic: one matrix product, ~0.4 µs a
+    384-d row where a BLAKE2b call a row took ~2.2 µs), then splitmix64's finaliser, so rows
+    that differ a little get unrelated priorities.
+
+    >>> keys = row_keys(np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0]]))
+    >>> keys[0] == keys[2] != keys[1], keys[0] == row_keys(np.array([[1.0, 2.0]]))[0]
+    (np.True_, np.True_)
     """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    digests = b"".join(blake2b(row, digest_size=8).digest() for row in x)
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    words = x.view(np.uint32).astype(np.uint64)
+    return _finalise(words @ _multipliers(x.shape[1]))
+
+
+@functools.cache
+def _multipliers(width: int) -> Keys:
+    """Odd 64-bit constants, one per column: splitmix64's stream from 0, fixed for ever."""
+    keys = _finalise(np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    keys |= np.uint64(1)
+    keys.flags.writeable = False
+    return keys
+
+
+def _finalise(z: Keys) -> Keys:
+    """splitmix64's finaliser (wrapping uint64 arithmetic): every input bit moves every output bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 class CoordinateSample:
