@@ -6,7 +6,8 @@ files and ledger, commits), fed raw records in polls by an in-memory source the 
 replay`` runs the driver over its file source (Kafka would only add its client's buffers,
 which do not depend on how many events went before). Events are 384-d ``embedding_b64`` with text
 (Zipf words from a 100k vocabulary), a prediction and a target, 1h windows of 50,000 events,
-so 5M events open and close 100 windows. Peak RSS (VmHWM) and current RSS are read at each
+so 5M events open and close 100 windows (``--models 100``: spread round robin over 100
+models, so 100 window profiles are open at once and 10,000 close). Peak RSS (VmHWM) and current RSS are read at each
 checkpoint; the whole run is one process with one configuration.
 
 usage: python bench/memory.py [--quick] [--events 5000000] [--json OUT]
@@ -31,13 +32,20 @@ from agent.driver import Driver
 from agent.ledger import prepare_out
 from agent.pipeline import Pipeline
 from agent.source import ChunkSource, RawRecord
+from agent.window_caps import Caps
 
 
 class Events:
     """Raw records made on the fly from a pool of vectors and words (no 5M-event list)."""
 
     def __init__(
-        self, dim: int, per_window: int, text: bool, topic: str = "bench", seed: int = 7
+        self,
+        dim: int,
+        per_window: int,
+        text: bool,
+        models: int = 1,
+        topic: str = "bench",
+        seed: int = 7,
     ) -> None:
         rng = np.random.default_rng(seed)
         # A small pool (4,000 vectors): the benchmark's own set-up must not set the peak.
@@ -49,6 +57,7 @@ class Events:
         self.words = [vocab[i] for i in words.tolist()]
         self.step = 3600.0 / per_window
         self.text = text
+        self.models = models
         self.topic = topic
 
     def chunk(self, start: int, size: int) -> list[RawRecord]:
@@ -63,6 +72,8 @@ class Events:
                 "prediction": self.labels[(j * 7) % pool],
                 "target": self.labels[j],
             }
+            if self.models > 1:  # round robin: every model has a window open at once
+                event["model"] = f"m{i % self.models}"
             if self.text:
                 w = (i * 8) % (words - 8)
                 event["text"] = " ".join(self.words[w : w + 8])
@@ -79,6 +90,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--chunk", type=int, default=2_000, help="records per poll")
     parser.add_argument("--no-text", action="store_true")
+    parser.add_argument("--models", type=int, default=1, help="events spread over N models")
     parser.add_argument("--json", help="write the result here too")
     args = parser.parse_args()
     if args.quick:
@@ -86,7 +98,7 @@ def main() -> None:
     checkpoints = sorted(int(c) for c in args.checkpoints.split(",") if int(c) <= args.events)
 
     reference = make_reference(args.dim, 20)
-    events = Events(args.dim, args.per_window, not args.no_text)
+    events = Events(args.dim, args.per_window, not args.no_text, args.models)
     rows = [{"events": 0, "peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb(), "seconds": 0.0}]
 
     def polls() -> Iterator[list[RawRecord]]:
@@ -100,7 +112,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="embmon-bench-mem-") as out:
         pipeline = Pipeline(
-            reference, Decoder(args.dim), window=timedelta(hours=1), out_dir=prepare_out(out)
+            reference,
+            Decoder(args.dim),
+            window=timedelta(hours=1),
+            out_dir=prepare_out(out),
+            caps=Caps(max_models=max(Caps().max_models, args.models)),  # no model folded
         )
         source = ChunkSource(polls(), partition=(events.topic, 0))
         driver = Driver(pipeline, source, poll_timeout_ms=0)
@@ -131,7 +147,7 @@ def main() -> None:
         f"\nMemory, one process through Driver + Pipeline (decode, windows, profiles, close, "
         "persist, commit); "
         f"{args.dim}-d b64 events{'' if args.no_text else ' with text'}, 1h windows of "
-        f"{args.per_window:,} events"
+        f"{args.per_window:,} events, {args.models} model(s)"
     )
     print("| events | windows closed | peak RSS MiB | RSS now MiB | events/s so far |")
     print("|---:|---:|---:|---:|---:|")
