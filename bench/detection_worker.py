@@ -4,8 +4,9 @@ It never imports embmon. It reads what the embmon side wrote into ``--data``:
 
   manifest.json        p_val, the references, the cases (window file, reference, a torch seed
                        per window), the permutation count for MMDDrift (null: alibi's default)
-  ref-<name>.npy       the reference rows of each reference (float32, rows x 64)
-  <case>.npy           the windows of one case (float32, windows x n x 64)
+  ref-<name>.npy       the reference rows of each reference (float32, rows x dim: 64 for
+                       the digits, 384 for the text embeddings)
+  <case>.npy           the windows of one case (float32, windows x n x dim)
 
 fits one ``KSDrift`` (per-feature two-sample KS, Bonferroni over the features) and one
 ``MMDDrift`` (Gaussian RBF kernel, bandwidth by the median heuristic on the reference rows,
