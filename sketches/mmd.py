@@ -72,9 +72,10 @@ def _reference_terms(reference: CoordinateSample) -> tuple[float, float]:
     """The bandwidth (median heuristic) and the reference's within term, computed once."""
     terms = reference.memo.get("mmd")
     if terms is None:
-        y = reference.coords.astype(np.float64)
-        squares = np.einsum("ij,ij->i", y, y)
-        gram = squares[:, None] + squares[None, :] - 2.0 * (y @ y.T)  # an m x m matrix only:
+        y = reference.coords
+        wide = y.astype(np.float64)
+        squares = np.einsum("ij,ij->i", wide, wide)
+        gram = squares[:, None] + squares[None, :] - 2.0 * (wide @ wide.T)  # m x m only:
         upper = np.triu(np.ones(gram.shape, dtype=bool), k=1)  # not one row per pair (40 MB)
         distances = np.sqrt(np.maximum(gram[upper], 0.0))
         median = float(np.median(distances)) if distances.size else 0.0
