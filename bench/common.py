@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,8 @@ from sketches.reference import Reference, build_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
+PACKAGES = ("agent", "sketches", "exporters", "demo")
+"""embmon's packages: what ``--code REV`` exports and what a dirty work tree is checked for."""
 F32 = npt.NDArray[np.float32]
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, where the benchmarks' event time starts
 
@@ -135,3 +139,41 @@ def fmt(value: float) -> str:
     if value >= 10:
         return f"{value:,.1f}"
     return f"{value:,.2f}"
+
+
+def side_python(script: str, venv: str, given: str | None = None, **env: str) -> str:
+    """A peer's own interpreter: ``bench/<script>`` makes ``.cache/<venv>`` (idempotent) and
+    prints its python last; ``given`` skips that."""
+    if given:
+        return given
+    out = subprocess.run(
+        ["bash", str(ROOT / "bench" / script), str(ROOT / ".cache" / venv)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def git(*argv: str) -> str:
+    done = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT, check=True)
+    return done.stdout.strip()
+
+
+def git_commit(rev: str) -> str:
+    return git("rev-parse", "--verify", f"{rev}^{{commit}}")
+
+
+def export_code(commit: str) -> Path:
+    """embmon's packages as committed (``git archive``), once, under .cache/bench/code/."""
+    out = CACHE / "code" / commit
+    if not (out / "sketches").is_dir():
+        staging = out.with_name(f"{commit}.partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, *PACKAGES], capture_output=True, cwd=ROOT, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(staging)], input=archive.stdout, check=True)
+        staging.rename(out)
+    return out

@@ -71,7 +71,7 @@ embmon from ``EventBatch`` to verdict, alibi one ``predict`` call. Deterministic
 compaction draws from datasketches' own unseeded generator: scores near a threshold can move
 between runs (in the calibration too), so an embmon count can differ by a window.
 ``--code HEAD`` judges embmon as committed (its packages exported by ``git archive`` under
-``.cache/bench/detection-code/``, first on PYTHONPATH), not as the work tree holds it.
+``.cache/bench/code/``, first on PYTHONPATH), not as the work tree holds it.
 
 usage: python bench/detection.py [--quick] [--data digits|text|all] [--seed S] [--windows W]
                                  [--mmd-permutations P] [--test-share F] [--threads T]
@@ -97,7 +97,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from common import ROOT, emit
+from common import PACKAGES, ROOT, emit, export_code, git, git_commit, side_python
 
 import sketches
 from sketches.batch import EventBatch
@@ -363,17 +363,8 @@ def score_embmon(reference: Reference, x: F32) -> tuple[dict[str, Any], float]:
 
 def alibi_python(path: str | None) -> str:
     """The alibi-detect venv's interpreter, creating the venv (idempotent) unless one is given."""
-    if path:
-        return path
-    env = {**os.environ, "PYTHON": getattr(sys, "_base_executable", None) or "python3"}
-    out = subprocess.run(
-        ["bash", str(ROOT / "bench" / "alibi_env.sh"), str(ROOT / ".cache" / "alibi-venv")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    base = getattr(sys, "_base_executable", None) or "python3"
+    return side_python("alibi_env.sh", "alibi-venv", path, PYTHON=base)
 
 
 def blas_env(threads: int) -> dict[str, str]:
@@ -382,30 +373,6 @@ def blas_env(threads: int) -> dict[str, str]:
 
 
 CODE_ENV = "EMBMON_BENCH_CODE_COMMIT"
-PACKAGES = ("sketches", "agent", "exporters", "demo")
-
-
-def git(*argv: str) -> str:
-    done = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT, check=True)
-    return done.stdout.strip()
-
-
-def git_commit(rev: str) -> str:
-    return git("rev-parse", "--verify", f"{rev}^{{commit}}")
-
-
-def export_code(commit: str) -> Path:
-    """embmon's packages as committed (``git archive``), once, under .cache/bench/."""
-    out = ROOT / ".cache" / "bench" / "detection-code" / commit
-    if not (out / "sketches").is_dir():
-        staging = out.with_name(f"{commit}.partial")
-        staging.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", commit, *PACKAGES], capture_output=True, cwd=ROOT, check=True
-        )
-        subprocess.run(["tar", "-x", "-C", str(staging)], input=archive.stdout, check=True)
-        staging.rename(out)
-    return out
 
 
 def git_state() -> dict[str, Any]:

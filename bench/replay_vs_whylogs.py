@@ -19,7 +19,7 @@ clock and the process's user + system CPU from ``os.wait4``), start-up and impor
 
 The sides alternate (the order flips every repeat), best of ``--repeats`` each; BLAS is pinned
 to one thread on both. ``--code REV`` (repeatable) adds embmon as committed at REV (its packages
-exported by ``git archive`` under .cache/bench/replay-code/, first on PYTHONPATH) to the same
+exported by ``git archive`` under .cache/bench/code/, first on PYTHONPATH) to the same
 alternation, for before/after figures.
 
 usage: python bench/replay_vs_whylogs.py [--quick] [--events N] [--repeats R] [--code REV]
@@ -40,12 +40,25 @@ from typing import Any
 
 import numpy as np
 import orjson
-from common import CACHE, ROOT, T0, emit, event_json, fmt, mixture, reference_dir
+from common import (
+    CACHE,
+    PACKAGES,
+    ROOT,
+    T0,
+    emit,
+    event_json,
+    export_code,
+    fmt,
+    git,
+    git_commit,
+    mixture,
+    reference_dir,
+    side_python,
+)
 
 from exporters.windows_log import read_windows
 from sketches.reference import Reference
 
-PACKAGES = ("agent", "sketches", "exporters")
 HOURS = 10
 
 
@@ -77,15 +90,7 @@ def events_file(n: int, dim: int) -> Path:
 
 def whylogs_python(path: str | None) -> str:
     """The whylogs venv's interpreter, creating the venv (idempotent) unless one is given."""
-    if path:
-        return path
-    out = subprocess.run(
-        ["bash", str(ROOT / "bench" / "whylogs_env.sh"), str(ROOT / ".cache" / "whylogs-venv")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    return side_python("whylogs_env.sh", "whylogs-venv", path)
 
 
 def whylogs_orjson(py: str) -> Path:
@@ -101,26 +106,6 @@ def whylogs_orjson(py: str) -> Path:
         )
         partial.rename(target)
     return target
-
-
-def git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], capture_output=True, text=True, cwd=ROOT, check=True
-    ).stdout.rstrip()
-
-
-def export_code(commit: str) -> Path:
-    """embmon's packages as committed (``git archive``), once, under .cache/bench/."""
-    out = CACHE / "replay-code" / commit
-    if not (out / "sketches").is_dir():
-        staging = out.with_name(f"{commit}.partial")
-        staging.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", commit, *PACKAGES], capture_output=True, cwd=ROOT, check=True
-        )
-        subprocess.run(["tar", "-x", "-C", str(staging)], input=archive.stdout, check=True)
-        staging.rename(out)
-    return out
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -237,7 +222,7 @@ def main() -> None:
     sides: dict[str, tuple[dict[str, str], Path]] = {"embmon": (env, reference)}
     commits = {}
     for rev in args.code:
-        commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+        commit = git_commit(rev)
         commits[f"embmon@{commit[:7]}"] = commit
         code = export_code(commit)
         code_env = embmon_env(env, code)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, best_rate, emit, fmt, make_reference, mixture
+from common import ROOT, best_rate, emit, fmt, make_reference, mixture, side_python
 
 from sketches.batch import EventBatch
 from sketches.buffer import BufferedProfile
@@ -38,16 +38,7 @@ from sketches.reference import Reference
 
 def whylogs_python(path: str | None) -> str:
     """The whylogs venv's interpreter, creating the venv (idempotent) unless one is given."""
-    if path:
-        return path
-    venv = ROOT / ".cache" / "whylogs-venv"
-    out = subprocess.run(
-        ["bash", str(ROOT / "bench" / "whylogs_env.sh"), str(venv)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    return side_python("whylogs_env.sh", "whylogs-venv", path)
 
 
 def embmon_matrix(ref: Reference, x: np.ndarray, window: int) -> int:

