@@ -19,7 +19,6 @@ from .config import add_settings_flags
 from .durations import parse_duration
 from .fields import FieldMap
 from .progress import Progress
-from .reference_fetch import add_fetch_arguments, fetch_from_args
 from .window_caps import Caps
 
 __all__ = ["main"]
@@ -66,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", required=True, help="directory to write the reference to")
-    add_fetch_arguments(
+    _fetch_flags(
         ref_commands.add_parser("fetch", help="download, verify and unpack a reference .tar.gz")
     )
 
@@ -130,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fetch_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``embmon reference fetch`` (here, so that only a fetch imports urllib,
+    http.client and tarfile: agent.reference_fetch)."""
+    parser.add_argument("--url", required=True, help="http://, https:// or file:// .tar.gz")
+    parser.add_argument("--out", required=True, help="directory to put the reference in")
+    parser.add_argument("--sha256", help="expected sha256 of the archive (refused otherwise)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait on the server per read"
+    )
+
+
 def _field_map(pairs: list[str]) -> FieldMap:
     bad = [pair for pair in pairs if "=" not in pair]
     if bad:
@@ -141,6 +151,19 @@ def _load_labels(path: str) -> np.ndarray[Any, Any]:
     if path.endswith(".npy"):
         return np.asarray(np.load(path, allow_pickle=False)).astype(str)
     return np.asarray(Path(path).read_text().splitlines())
+
+
+def _reference_fetch(args: argparse.Namespace) -> int:
+    """``embmon reference fetch``: one line saying what was placed (errors: the caller's)."""
+    from .reference_fetch import fetch_reference, shown_url
+
+    fetched = fetch_reference(args.url, args.out, sha256=args.sha256, timeout_s=args.timeout)
+    check = "verified" if fetched.verified else "not verified: pin it with --sha256"
+    print(
+        f"reference {fetched.version} fetched from {shown_url(args.url)} into {fetched.path}: "
+        f"{fetched.size:,} bytes, sha256 {fetched.sha256} ({check})"
+    )
+    return 0
 
 
 def _reference_build(args: argparse.Namespace) -> int:
@@ -253,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "reference":
             if args.reference_command == "fetch":
-                return fetch_from_args(args)
+                return _reference_fetch(args)
             return _reference_build(args)
         if args.command == "replay":
             return _replay(args)

@@ -26,7 +26,6 @@ there is no retry loop here.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import os
@@ -50,8 +49,6 @@ from sketches.reference import Reference
 __all__ = [
     "FetchError",
     "Fetched",
-    "add_fetch_arguments",
-    "fetch_from_args",
     "fetch_reference",
     "shown_url",
 ]
@@ -287,24 +284,3 @@ def fetch_reference(
     if existed:  # files renamed one by one into a directory that was there: check the result
         reference = _load(out, shown)
     return Fetched(out, reference.version, size, actual, expected is not None)
-
-
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``embmon reference fetch``."""
-    parser.add_argument("--url", required=True, help="http://, https:// or file:// .tar.gz")
-    parser.add_argument("--out", required=True, help="directory to put the reference in")
-    parser.add_argument("--sha256", help="expected sha256 of the archive (refused otherwise)")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait on the server per read"
-    )
-
-
-def fetch_from_args(args: argparse.Namespace) -> int:
-    """``embmon reference fetch``: one line saying what was placed (errors: the caller's)."""
-    fetched = fetch_reference(args.url, args.out, sha256=args.sha256, timeout_s=args.timeout)
-    check = "verified" if fetched.verified else "not verified: pin it with --sha256"
-    print(
-        f"reference {fetched.version} fetched from {shown_url(args.url)} into {fetched.path}: "
-        f"{fetched.size:,} bytes, sha256 {fetched.sha256} ({check})"
-    )
-    return 0
