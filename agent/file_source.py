@@ -14,10 +14,10 @@ import gzip
 import importlib
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from itertools import islice
+from itertools import compress, repeat
 from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
@@ -36,9 +36,13 @@ __all__ = ["SUFFIXES", "FileSource", "LoadedEvents", "iter_file_records", "load_
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".parquet")
 _BOM = b"\xef\xbb\xbf"
+_BLOCK = 1 << 20
+"""Bytes read at a time from a JSON-lines file (1 MiB: faster here than 256 KiB or 4 MiB)."""
 
 PathLike = str | os.PathLike[str]
 _T = TypeVar("_T")
+_Block = tuple[Sequence[int], list[bytes]]
+"""Consecutive events of a file: their offsets (line or row numbers) and their bytes."""
 
 
 def iter_file_records(
@@ -191,23 +195,58 @@ def _pyarrow_parquet() -> ModuleType:
         ) from exc
 
 
-def _jsonl_values(path: Path) -> Iterator[tuple[int, bytes]]:
+def _jsonl_values(path: Path) -> Iterator[_Block]:
     gz = path.name.lower().endswith(".gz")
-    with gzip.open(path, "rb") if gz else path.open("rb") as lines:
-        for number, line in enumerate(lines):
-            value = line.rstrip(b"\r\n")
-            if number == 0:
-                value = value.removeprefix(_BOM)
-            if value.strip():
-                yield number, value
+    with gzip.open(path, "rb") if gz else path.open("rb") as file:
+        first = 0
+        for lines in _lines(file.read):
+            if first == 0:
+                lines[0] = lines[0].removeprefix(_BOM)
+            yield _non_blank(first, lines)
+            first += len(lines)
 
 
-def _parquet_values(pq: ModuleType, path: Path, chunk_size: int) -> Iterator[tuple[int, bytes]]:
+def _lines(read: Callable[[int], bytes]) -> Iterator[list[bytes]]:
+    """The lines of a file (its ``read``) without their b"\\n", a block's worth at a time.
+
+    One ``split`` per block makes each line in one copy; reading line by line costs a Python
+    object and a copy more per line. A line longer than a block is joined from its parts.
+    """
+    parts: list[bytes] = []  # the line the last block ended inside
+    while block := read(_BLOCK):
+        lines = block.split(b"\n")
+        if len(lines) == 1:
+            parts.append(block)
+            continue
+        if parts:
+            lines[0] = b"".join([*parts, lines[0]])
+        parts = [lines.pop()]
+        yield lines
+    last = b"".join(parts)
+    if last:  # no line end after the last line
+        yield [last]
+
+
+def _non_blank(first: int, lines: list[bytes]) -> _Block:
+    """The lines numbered from ``first``, ``\\r`` stripped from their ends, blank ones left out.
+
+    ``rstrip`` and ``strip`` give the line itself back when there is nothing to strip, so a
+    clean block costs no copy here, and ``map`` and ``compress`` loop in C.
+    """
+    values = list(map(bytes.rstrip, lines, repeat(b"\r")))
+    numbers = range(first, first + len(values))
+    if all(map(bytes.strip, values)):
+        return numbers, values
+    keep = list(map(bytes.strip, values))
+    return list(compress(numbers, keep)), list(compress(values, keep))
+
+
+def _parquet_values(pq: ModuleType, path: Path, chunk_size: int) -> Iterator[_Block]:
     row = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-        for event in batch.to_pylist():
-            yield row, orjson.dumps(event, default=_json_default)
-            row += 1
+        values = [orjson.dumps(event, default=_json_default) for event in batch.to_pylist()]
+        yield range(row, row + len(values)), values
+        row += len(values)
 
 
 def _json_default(value: object) -> object:
@@ -220,10 +259,28 @@ def _json_default(value: object) -> object:
 
 
 def _chunks(
-    values: Iterator[tuple[int, bytes]], stamp: int, size: int, topic: str
+    blocks: Iterator[_Block], stamp: int, size: int, topic: str
 ) -> Iterator[list[RawRecord]]:
-    while chunk := [RawRecord(v, stamp, 0, n, topic) for n, v in islice(values, size)]:
-        yield chunk
+    """Records of ``size`` (the last: fewer) from blocks of any length."""
+    pending: list[RawRecord] = []
+    for numbers, values in blocks:
+        pending += _records(values, stamp, numbers, topic)
+        start = 0
+        while len(pending) - start >= size:
+            yield pending[start : start + size]
+            start += size
+        del pending[:start]
+    if pending:
+        yield pending
+
+
+def _records(
+    values: list[bytes], stamp: int, offsets: Sequence[int], topic: str
+) -> Iterator[RawRecord]:
+    """``RawRecord(value, stamp, 0, offset, topic)`` each, built as ``RawRecord._make`` builds
+    one (``tuple.__new__``) in a loop that runs in C: no Python call per record."""
+    fields = zip(values, repeat(stamp), repeat(0), offsets, repeat(topic))
+    return map(tuple.__new__, repeat(RawRecord), fields)
 
 
 def _first_dim(path: PathLike, fields: FieldMap, chunk_size: int) -> int:
