@@ -14,7 +14,12 @@ metric) with probability at most ``alpha``, whatever its event count. The method
    stage makes thresholds cover the held-out set's own sampling error, which dominates for
    large windows; a plain bootstrap would be too tight there.
 3. Build each window's profile with the same sketches the live agent uses and score it against
-   the reference profile with every metric.
+   the reference profile with every metric but ``sample_mmd``. That one's column is drawn
+   apart, as a permutation test's null (:func:`sketches.mmd.split_null`: random splits of
+   the reference and held-out rows into a pseudo-reference and a window of distinct rows),
+   because bootstrap windows repeat rows, which a kernel statistic sees and a fresh window
+   does not have. Its rows are independent of the other columns', which can only make the
+   any-metric rate below over-count (metrics that fire together overlap in live windows).
 4. Family-wise level: find the largest per-metric tail probability ``beta`` (between
    ``alpha / metrics`` and ``alpha``) such that the share of bootstrap windows in which *any*
    metric exceeds its upper ``beta``-quantile is at most ``alpha``; those quantiles are the
@@ -39,6 +44,7 @@ from .batch import EventBatch
 from .blas import one_blas_thread
 from .drift import CategoricalStatistic, drift_scores
 from .geometry import EmbeddingFeatures
+from .mmd import split_null
 from .profile import WindowProfile
 from .sample import row_keys
 from .text import TextFeatures, text_features
@@ -193,6 +199,8 @@ def calibrate(
     rng = np.random.default_rng(seed)
     sampler = _RowSampler(features, batch)
     rows = len(features)
+    sample_rows = features.sample_rows()
+    capacity = empty().sample.capacity
     table: dict[str, list[float]] = {}
     for step, size in enumerate(sizes):
         matrix: list[list[float]] = []
@@ -202,9 +210,22 @@ def calibrate(
             window = population[rng.integers(rows, size=size)]
             with one_blas_thread():  # small products: a BLAS thread hand-off costs more
                 profile = sampler.profile(window, empty)
-                scores = drift_scores(profile, reference_profile, statistic)
+                scores = drift_scores(profile, reference_profile, statistic, sample=False)
             names = names or sorted(scores)
             matrix.append([scores[name].score for name in names])
+        null = None
+        if len(reference_profile.sample):
+            null = split_null(
+                reference_profile.sample,
+                sample_rows,
+                sampler.keys,
+                min(size, capacity),
+                len(matrix),
+                rng,
+            )
+        if null is not None:
+            names = [*names, "sample_mmd"]
+            matrix = np.column_stack([np.asarray(matrix), null]).tolist()
         level = _family_thresholds(np.asarray(matrix), alpha)
         for name, value in zip(names, level.tolist(), strict=True):
             table.setdefault(name, []).append(value)

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ReferenceError_
-from .geometry import METHODS, Distance, Method, SpaceFit
+from .geometry import DEFAULT_PROBES, METHODS, Distance, Method, SpaceFit
 
 __all__ = [
     "Split",
@@ -144,23 +144,26 @@ def space_recipe(
     seed: int,
     centroids: npt.ArrayLike | None,
     centroid_labels: Sequence[str] | None,
+    probes: int = DEFAULT_PROBES,
 ) -> SpaceFit:
     """The fitting recipe of ``method``, checked before anything is fitted."""
+    if probes < 0:
+        raise ReferenceError_(f"residual probes must be 0 or more, got {probes}")
     if method == "pca-centroids":
         if labels is None:
             raise ReferenceError_(
                 "pca-centroids needs labels (--labels, or a label field of the events)"
             )
-        return SpaceFit(method, label_order(labels), components, distance, seed)
+        return SpaceFit(method, label_order(labels), components, distance, seed, probes=probes)
     if method == "manual":
         if centroids is None:
             raise ReferenceError_("method manual needs a centroids matrix (--centroids FILE.npy)")
         given = np.asarray(centroids, dtype=np.float32)
         names = tuple(centroid_labels or [f"centroid-{i}" for i in range(given.shape[0])])
-        return SpaceFit(method, names, components, distance, seed, given)
+        return SpaceFit(method, names, components, distance, seed, given, probes)
     if method in ("kmeans", "pca-kmeans"):
         names = tuple(f"cluster-{i}" for i in range(clusters))
-        return SpaceFit(method, names, components, distance, seed)
+        return SpaceFit(method, names, components, distance, seed, probes=probes)
     raise ReferenceError_(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 

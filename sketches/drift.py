@@ -10,8 +10,9 @@ Each metric compares one part of a window's profile with the same part of the re
   PCA subspace: the event-weighted RMS shift divided by the reference's RMS within-centroid
   spread;
 - ``sample_mmd`` — the unbiased squared maximum mean discrepancy (Gaussian kernel, median
-  bandwidth) between the two profiles' samples of PCA coordinates (:mod:`sketches.mmd`): a
-  test on the joint distribution, for shifts that move few marginals;
+  bandwidth) between the two profiles' samples of PCA coordinates and residual probes
+  (:mod:`sketches.mmd`): a test on the joint distribution, for shifts that move few marginals
+  or leave the subspace;
 - ``doc_length``, ``term_length`` (KS), ``frequent_terms`` (categorical statistic over the top
   terms of both sides plus an "other" bucket) when both sides carry text;
 - ``prediction`` (categorical statistic on the predicted classes) when both carry predictions.
@@ -160,9 +161,14 @@ def _centroid_shift(window: WindowProfile, reference: WindowProfile) -> float:
 
 
 def drift_scores(
-    window: WindowProfile, reference: WindowProfile, statistic: CategoricalStatistic = "hellinger"
+    window: WindowProfile,
+    reference: WindowProfile,
+    statistic: CategoricalStatistic = "hellinger",
+    *,
+    sample: bool = True,
 ) -> dict[str, Score]:
-    """Every metric the two profiles allow; an empty window scores nothing."""
+    """Every metric the two profiles allow; an empty window scores nothing. ``sample=False``
+    leaves out ``sample_mmd`` (the calibration draws its null apart)."""
     if window.count == 0:
         return {}
     n = window.count
@@ -176,7 +182,7 @@ def drift_scores(
         "pca_residual": Score("ks", ks_on_sketches(window.residual, reference.residual), n),
         "centroid_shift": Score("mean_shift", _centroid_shift(window, reference), n),
     }
-    if len(window.sample) and len(reference.sample):  # profiles older than the sample have none
+    if sample and len(window.sample) and len(reference.sample):  # older profiles have none
         scores["sample_mmd"] = Score("mmd", sample_mmd(window.sample, reference.sample), n)
     docs = window.text.documents
     if docs and reference.text.documents:

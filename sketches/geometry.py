@@ -4,7 +4,11 @@ Every event's embedding becomes a few numbers that sketches can summarise: its d
 each reference centroid (cosine or euclidean, one matrix product), the closest centroid, its
 coordinates in the reference PCA subspace, and its residual: the euclidean norm of the part of
 ``x - mean`` that the subspace does not explain (multivariate drift shows up here first when a
-new kind of input arrives).
+new kind of input arrives). A few fixed random *probes* of that residual (directions
+orthogonal to the subspace) keep where it points, not only how long it is: a new language in
+sentence embeddings moves mostly off the subspace of the reference's own variation (on e5 chat
+embeddings, 85 % of the gap between Portuguese and English lies there), and the coordinate
+sample (:mod:`sketches.sample`) needs those directions to see it.
 
 A :class:`SpaceFit` is the recipe of a space (method, components, distance); fitting it is
 the only place scikit-learn is imported, so loading a saved reference never imports it.
@@ -22,6 +26,7 @@ the way a space that never saw them would.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +37,7 @@ import numpy.typing as npt
 from .errors import ReferenceError_
 
 __all__ = [
+    "DEFAULT_PROBES",
     "METHODS",
     "Distance",
     "EmbeddingFeatures",
@@ -42,12 +48,14 @@ __all__ = [
     "cross_fitted_features",
     "fit_pca",
     "kmeans_centroids",
+    "residual_probes",
 ]
 
 Distance = Literal["cosine", "euclidean"]
 Method = Literal["pca-centroids", "kmeans", "pca-kmeans", "manual"]
 METHODS: tuple[Method, ...] = ("pca-centroids", "kmeans", "pca-kmeans", "manual")
 F32 = npt.NDArray[np.float32]
+DEFAULT_PROBES = 64
 
 
 @dataclass(frozen=True)
@@ -58,31 +66,46 @@ class EmbeddingFeatures:
     closest: npt.NDArray[np.intp]  # (n,)
     coords: F32  # (n, components): coordinates in the reference PCA subspace
     residual: F32  # (n,): norm of the part off that subspace
+    probed: F32  # (n, probes): that part along the space's residual probes
 
     def __len__(self) -> int:
         return int(self.closest.shape[0])
 
     def take(self, rows: npt.NDArray[np.intp]) -> EmbeddingFeatures:
         return EmbeddingFeatures(
-            self.distances[rows], self.closest[rows], self.coords[rows], self.residual[rows]
+            self.distances[rows],
+            self.closest[rows],
+            self.coords[rows],
+            self.residual[rows],
+            self.probed[rows],
         )
+
+    def sample_rows(self) -> F32:
+        """What the coordinate sample keeps of each event: coordinates, then probes."""
+        if self.probed.shape[1] == 0:
+            return self.coords
+        return np.hstack([self.coords, self.probed])
 
 
 @dataclass(frozen=True)
 class EmbeddingSpace:
-    """Centroids (with names), the distance to them, and the PCA subspace of the reference."""
+    """Centroids (with names), the distance to them, the PCA subspace of the reference, and
+    the residual probes (none in references built before they existed)."""
 
     centroids: F32  # (C, d)
     labels: tuple[str, ...]
     distance: Distance
     mean: F32  # (d,)
     components: F32  # (k, d), orthonormal rows
+    probes: F32 | None = None  # (p, d), rows orthogonal to the components
 
     def __post_init__(self) -> None:
         if self.centroids.ndim != 2 or len(self.labels) != self.centroids.shape[0]:
             raise ReferenceError_("centroids must be a (C, d) matrix with one label per row")
         if self.components.shape[1] != self.dim or self.mean.shape != (self.dim,):
             raise ReferenceError_("PCA mean/components do not match the centroid dimension")
+        if self.probes is not None and (self.probes.ndim != 2 or self.probes.shape[1] != self.dim):
+            raise ReferenceError_("residual probes do not match the centroid dimension")
         if self.distance not in ("cosine", "euclidean"):
             raise ReferenceError_(f"unknown distance {self.distance!r}; use cosine or euclidean")
 
@@ -94,8 +117,24 @@ class EmbeddingSpace:
     def n_components(self) -> int:
         return int(self.components.shape[0])
 
-    def features(self, vectors: F32) -> EmbeddingFeatures:
-        """Distances, closest centroid, PCA coordinates and residual of each row, vectorised.
+    @property
+    def n_probes(self) -> int:
+        return 0 if self.probes is None else int(self.probes.shape[0])
+
+    @functools.cached_property
+    def _basis(self) -> F32:
+        """Components then probes: one matrix product gives both (frozen, so computed once)."""
+        if self.probes is None:
+            return self.components
+        return np.ascontiguousarray(np.vstack([self.components, self.probes]), dtype=np.float32)
+
+    def features(
+        self, vectors: F32, probe_rows: npt.NDArray[np.intp] | None = None
+    ) -> EmbeddingFeatures:
+        """Distances, closest centroid, PCA coordinates, residual and probes of each row.
+
+        ``probe_rows`` limits the probes to those rows (the others' are 0): only rows that
+        can enter a full coordinate sample need them, a few per thousand events.
 
         A NaN or infinity in a row makes its residual non-finite (without warnings), so a
         caller can test the residuals instead of the whole matrix.
@@ -115,11 +154,41 @@ class EmbeddingSpace:
                 squared = row_sq[:, None] + centroid_sq[None, :] - 2.0 * dots
                 distances = np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
             centred = x - self.mean
-            coords = (centred @ self.components.T).astype(np.float32)
+            if probe_rows is None:
+                projected = (centred @ self._basis.T).astype(np.float32)
+                coords, probed = np.hsplit(projected, [self.n_components])
+            else:
+                coords = (centred @ self.components.T).astype(np.float32)
+                probed = np.zeros((x.shape[0], self.n_probes), dtype=np.float32)
+                if self.probes is not None and len(probe_rows):
+                    probed[probe_rows] = centred[probe_rows] @ self.probes.T
             off = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", coords, coords)
             residual = np.sqrt(np.maximum(off, 0.0)).astype(np.float32)
         closest = np.argmin(distances, axis=1).astype(np.intp)
-        return EmbeddingFeatures(distances, closest, coords, residual)
+        return EmbeddingFeatures(distances, closest, coords, residual, probed)
+
+
+def residual_probes(components: F32, count: int, seed: int = 0) -> F32 | None:
+    """``count`` fixed random directions orthogonal to ``components``, scaled so that a
+    residual's probes keep its length on average (``E |r P^T|^2 = |r|^2``).
+
+    Gaussian rows of variance ``1 / count`` (a Johnson-Lindenstrauss projection), with their
+    part inside the subspace removed, so a row's probes read its residual only. Distances
+    between sample rows (coordinates, then probes) then estimate distances between the
+    embeddings themselves, as a kernel test on the raw vectors would see them.
+
+    >>> v = np.eye(4, dtype=np.float32)[:1]
+    >>> p = residual_probes(v, 3)
+    >>> p.shape, bool(np.abs(p @ v.T).max() < 1e-6)
+    ((3, 4), True)
+    """
+    if count <= 0:
+        return None
+    dim = components.shape[1]
+    raw = np.random.default_rng([seed, dim]).standard_normal((count, dim)) / np.sqrt(count)
+    basis = components.astype(np.float64)
+    probes: F32 = (raw - (raw @ basis.T) @ basis).astype(np.float32)
+    return probes
 
 
 def fit_pca(vectors: F32, n_components: int, seed: int = 0) -> tuple[F32, F32]:
@@ -208,6 +277,7 @@ class SpaceFit:
     distance: Distance = "cosine"
     seed: int = 0
     centroids: F32 | None = None  # the given centroids of ``manual``
+    probes: int = DEFAULT_PROBES
 
     def fit(
         self,
@@ -219,7 +289,8 @@ class SpaceFit:
         k-means clusters with its own, so centroid ``i`` keeps its name."""
         mean, components = fit_pca(vectors, self.components, self.seed)
         centroids = self._centroids(vectors, labels, mean, components, like)
-        return EmbeddingSpace(centroids, self.names, self.distance, mean, components)
+        probes = residual_probes(components, self.probes, self.seed)
+        return EmbeddingSpace(centroids, self.names, self.distance, mean, components, probes)
 
     def _centroids(
         self,
@@ -268,19 +339,22 @@ def cross_fitted_features(
     other folds and scores the fold's rows: distances, closest centroid and residual as a new
     row would get them (not the smaller ones of a row the fit has seen), and the coordinates
     of its projection expressed in ``space``'s basis, so that they sum with live windows'.
+    The probes are the fold space's own (the same random directions, made orthogonal to the
+    fold's subspace): they read the residual a new row leaves, as the residual norm does.
     """
     n = vectors.shape[0]
     distances = np.empty((n, len(space.labels)), dtype=np.float32)
     closest = np.empty(n, dtype=np.intp)
     coords = np.empty((n, space.n_components), dtype=np.float32)
     residual = np.empty(n, dtype=np.float32)
+    probed = np.empty((n, space.n_probes), dtype=np.float32)
     for fold in np.unique(folds):
         out = folds == fold
         fold_space = recipe.fit(vectors[~out], None if labels is None else labels[~out], like=space)
         seen = fold_space.features(vectors[out])
         distances[out], closest[out], residual[out] = seen.distances, seen.closest, seen.residual
-        coords[out] = _in_basis(seen.coords, fold_space, space)
-    return EmbeddingFeatures(distances, closest, coords, residual)
+        coords[out], probed[out] = _in_basis(seen.coords, fold_space, space), seen.probed
+    return EmbeddingFeatures(distances, closest, coords, residual, probed)
 
 
 def _in_basis(coords: F32, source: EmbeddingSpace, target: EmbeddingSpace) -> F32:

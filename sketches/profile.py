@@ -3,9 +3,9 @@
 A profile is bound to one reference (its version travels with the bytes): distances of each
 event to each reference centroid (one KLL per centroid), the closest centroid (exact counts),
 the window's own centroids in the reference PCA subspace (exact sums), the residual off that
-subspace (KLL), a bounded uniform sample of the events' PCA coordinates (bottom-k on a hash of
-each row, :mod:`sketches.sample`), text statistics, the confusion matrix and the prediction
-mix. Merging the profiles of a split stream gives the profile of the whole stream: exactly for
+subspace (KLL), a bounded uniform sample of the events' PCA coordinates and residual probes
+(bottom-k on a hash of each row, :mod:`sketches.sample`), text statistics, the confusion
+matrix and the prediction mix. Merging the profiles of a split stream gives the profile of the whole stream: exactly for
 counts, sums and the sample (up to the last bits of coordinates BLAS computed in batches of
 other shapes), within the KLL / frequent-items bounds for quantiles and term counts.
 
@@ -67,6 +67,7 @@ class WindowProfile:
         components: int,
         reference_version: str,
         sample_capacity: int = DEFAULT_CAPACITY,
+        probes: int = 0,
     ):
         self._space: EmbeddingSpace | None = None
         self.centroid_labels = centroid_labels
@@ -77,7 +78,7 @@ class WindowProfile:
         self.closest = CategoryCounts()
         self.shift = CentroidSums(len(centroid_labels), components)
         self.residual = QuantileSketch(1)
-        self.sample = CoordinateSample(components, sample_capacity)
+        self.sample = CoordinateSample(components + probes, sample_capacity)
         self.text = TextSketch()
         self.confusion = ConfusionMatrix()
         self.predictions = CategoryCounts()
@@ -87,7 +88,9 @@ class WindowProfile:
         cls, space: EmbeddingSpace, reference_version: str, sample_capacity: int = DEFAULT_CAPACITY
     ) -> WindowProfile:
         """The identity for ``merge``, able to ``update`` from raw embeddings of ``space``."""
-        profile = cls(space.labels, space.n_components, reference_version, sample_capacity)
+        profile = cls(
+            space.labels, space.n_components, reference_version, sample_capacity, space.n_probes
+        )
         profile._space = space
         return profile
 
@@ -105,14 +108,16 @@ class WindowProfile:
             )
         if len(batch) == 0:
             return
-        features = self._space.features(batch.embeddings)
         keys = row_keys(batch.embeddings)
+        probe_rows = np.flatnonzero(self.sample.entering(keys))  # the rest cannot be sampled
+        features = self._space.features(batch.embeddings, probe_rows)
         if not np.isfinite(features.residual).all():  # the cheap test; exact one if it fails
             # NaN/Inf inputs, and finite ones so large that their squares overflow float32
             finite = (
                 np.isfinite(features.residual)
                 & np.isfinite(features.distances).all(axis=1)
                 & np.isfinite(features.coords).all(axis=1)
+                & np.isfinite(features.probed).all(axis=1)
             )
             if not finite.all():
                 self.invalid += int((~finite).sum())
@@ -150,7 +155,7 @@ class WindowProfile:
         self.closest.update_counts(labels, np.bincount(features.closest, minlength=len(labels)))
         self.shift.update(features.closest, features.coords)
         self.residual.update(features.residual)
-        self.sample.update(keys, features.coords)
+        self.sample.update(keys, features.sample_rows())
         if text is not None:
             self.text.update_features(text)
         if predictions is not None:

@@ -60,6 +60,7 @@ from .crossfit import (
 from .drift import CategoricalStatistic
 from .errors import FormatError, ReferenceError_
 from .geometry import (
+    DEFAULT_PROBES,
     METHODS,
     Distance,
     EmbeddingFeatures,
@@ -161,6 +162,7 @@ class Reference:
                     arrays["mean"],
                     arrays["components"],
                 )
+                probes = arrays["probes"] if "probes" in arrays.files else None
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise FormatError(f"{src}/reference.json is not an {FORMAT} file")
             space = EmbeddingSpace(
@@ -169,11 +171,19 @@ class Reference:
                 distance=meta["distance"],
                 mean=mean,
                 components=components,
+                probes=probes,
             )
             calibration = Calibration.from_dict(meta["calibration"])
             version = _content_hash(space, calibration, meta["statistic"], profile_bytes)
             profile = WindowProfile.from_bytes(profile_bytes, space)
-        except (KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        except (
+            KeyError,
+            ValueError,
+            TypeError,
+            EOFError,
+            NotImplementedError,  # zipfile, on a flipped compression-method field
+            zipfile.BadZipFile,
+        ) as exc:
             raise FormatError(f"reference in {src} is corrupt: {exc}") from exc
         if version != meta["version"] or profile.reference_version != version:
             raise FormatError(
@@ -192,7 +202,10 @@ class Reference:
 
 def _arrays_bytes(space: EmbeddingSpace) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, centroids=space.centroids, mean=space.mean, components=space.components)
+    arrays = {"centroids": space.centroids, "mean": space.mean, "components": space.components}
+    if space.probes is not None:
+        arrays["probes"] = space.probes
+    np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
 
@@ -200,7 +213,8 @@ def _content_hash(
     space: EmbeddingSpace, calibration: Calibration, statistic: str, profile_body: bytes
 ) -> str:
     digest = hashlib.sha256()
-    for array in (space.centroids, space.mean, space.components):
+    arrays = (space.centroids, space.mean, space.components)
+    for array in arrays if space.probes is None else (*arrays, space.probes):
         digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     digest.update(orjson.dumps([list(space.labels), space.distance, statistic]))
     digest.update(orjson.dumps(calibration.to_dict(), option=orjson.OPT_SORT_KEYS))
@@ -241,6 +255,7 @@ def build_reference(
     *,
     method: Method = "pca-centroids",
     components: int = 20,
+    probes: int = DEFAULT_PROBES,
     clusters: int = 8,
     distance: Distance = "cosine",
     alpha: float = 0.01,
@@ -260,7 +275,9 @@ def build_reference(
     """Build a reference from training rows (embeddings, and tokens/predictions if any).
 
     ``labels`` (one per row) drive ``pca-centroids`` and stratify the splits; ``manual``
-    takes ``centroids`` (and optional ``centroid_labels``) instead of fitting them. The space
+    takes ``centroids`` (and optional ``centroid_labels``) instead of fitting them.
+    ``probes`` residual probes (:func:`sketches.geometry.residual_probes`) join the PCA
+    coordinates in every window's coordinate sample; 0 leaves the sample in the subspace. The space
     is fitted on all of ``batch`` and its rows are scored out of fold (``folds`` folds); they
     are split into profile and holdout rows in the ratio ``profile_share : holdout``. Pass
     ``fit_rows`` (and ``fit_labels``), e.g. the model's training set, to fit the space on them
@@ -281,6 +298,7 @@ def build_reference(
         method,
         y_fit,
         components=components,
+        probes=probes,
         clusters=clusters,
         distance=distance,
         seed=seed,

@@ -1,5 +1,8 @@
 """CoordinateSample: a bounded, mergeable uniform sample of a window's PCA coordinates.
 
+Each sampled row holds an event's PCA coordinates and, in references that have them, its
+residual probes (:func:`sketches.geometry.residual_probes`): the "coordinates" below are both.
+
 Quantile sketches see one number per event at a time; a two-sample test on the joint
 distribution (:mod:`sketches.mmd`) needs whole rows. This keeps a bottom-k (priority) sample:
 each event's priority is a 64-bit hash of its embedding's float32 bytes (:func:`row_keys`),
@@ -18,8 +21,8 @@ whole window keeps (the bottom k of a union is the bottom k of the union of bott
 merge is exact, commutative and associative, and the empty sample is its identity. Merging
 samples of different capacities keeps the smaller one, which is still exact.
 
-Memory: ``capacity * (4 * components + 16)`` bytes, 49 kB at 512 x 20 (a digits window profile
-grows from 17 to 67 kB with it).
+Memory: ``capacity * (4 * columns + 16)`` bytes: 49 kB at 512 x 20, 180 kB at 512 x (20 + 64
+probes).
 
 >>> import numpy as np
 >>> x = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
@@ -109,6 +112,14 @@ class CoordinateSample:
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
+
+    def entering(self, keys: Keys) -> npt.NDArray[np.bool_]:
+        """Which of these priorities the sample could keep now: all while it has room, else
+        those no larger than its largest kept one (equal ones add to a kept row's count)."""
+        if len(self) < self.capacity:
+            return np.ones(len(keys), dtype=bool)
+        entering: npt.NDArray[np.bool_] = np.asarray(keys, dtype=np.uint64) <= self.keys[-1]
+        return entering
 
     def update(self, keys: Keys, coords: F32) -> None:
         """Add events: their priorities (:func:`row_keys`) and PCA coordinates."""

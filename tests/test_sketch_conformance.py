@@ -182,9 +182,10 @@ DOCS = st.one_of(
 )
 
 # The profile's embedding space. Integer-valued vectors and centroids, an axis-aligned
-# subspace and an integer mean make every feature (dot products, norms, coordinates) exact in
-# float32, so a batch's features do not depend on how BLAS blocks it and a split stream's
-# features are bit-identical to the whole stream's.
+# subspace and an integer mean make every feature (dot products, norms, coordinates, probes)
+# exact in float32, so a batch's features do not depend on how BLAS blocks it and a split
+# stream's features are bit-identical to the whole stream's. The residual probes (integer, off
+# the subspace) make the sample's rows coordinates then probes, as a built reference's are.
 DIM = 4
 SPACE = EmbeddingSpace(
     centroids=np.array([[1, 0, 0, 0], [0, 2, 1, 0], [-1, -1, 3, 2]], dtype=np.float32),
@@ -192,6 +193,7 @@ SPACE = EmbeddingSpace(
     distance="cosine",
     mean=np.array([1, 0, -1, 0], dtype=np.float32),
     components=np.eye(DIM, dtype=np.float32)[:2],
+    probes=np.array([[0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 1, -1]], dtype=np.float32),
 )
 VERSION = "sha256:test"
 
@@ -411,7 +413,7 @@ def _check_profile(sketch: WindowProfile, events: Events) -> None:
             for c, v in zip(features.closest, features.coords.tolist(), strict=True)
         ],
     )
-    _check_sample_of(sketch.sample, row_keys(vectors[finite]), features.coords)
+    _check_sample_of(sketch.sample, row_keys(vectors[finite]), features.sample_rows())
     _check_text(sketch.text, [e.tokens for e in kept])
     _check_category(sketch.predictions, [e.prediction for e in kept if e.prediction is not None])
     _check_confusion(sketch.confusion, [(e.target, e.prediction) for e in kept])
