@@ -21,7 +21,12 @@ Facts of kafka-python 3.x this module is built on (checked against a real Tansu 
   kafka-python's own).
 * While the broker is down, ``commit()`` blocks up to ``request_timeout_ms`` (30 s) and then
   raises ``KafkaTimeoutError``, or raises ``KafkaConnectionError`` when a metadata refresh
-  fails on the way (both retriable). ``poll()`` returns nothing meanwhile. Reconnect attempts
+  fails on the way (both retriable). So do ``committed()`` (with no timeout it waits for ever
+  on the other errors), ``position()`` of a partition with no position yet (it fetches the
+  committed offset) and, rarely, ``poll()`` itself: they go through the same coordinator
+  lookup (``ensure_coordinator_ready_async``), which lets the error of the metadata refresh it
+  waits for escape. Here each is bounded and retried on the next poll. ``poll()`` returns
+  nothing meanwhile. Reconnect attempts
   back off exponentially up to ``reconnect_backoff_max_ms`` (kafka-python: 30 s), which would
   delay resuming by as much after the broker is back: it defaults to 1 s here.
 * ``KafkaConsumer()`` connects at once: with no broker answering it blocks for
@@ -66,6 +71,9 @@ from .tls_probe import KafkaTlsError, tls_refusal
 __all__ = ["KafkaSettings", "KafkaSource", "KafkaUnreachableError", "connect"]
 
 log = logging.getLogger(__name__)
+
+# How long poll() waits for the committed offset of a newly assigned partition (see committed).
+_COMMITTED_TIMEOUT_MS = 5000
 
 _FORBIDDEN = {
     "enable_auto_commit": "offsets are committed only after windows are persisted",
@@ -255,21 +263,54 @@ class KafkaSource:
         return None if self._stop is None else MappingProxyType(self._stop)
 
     def poll(self, timeout_ms: int) -> Poll:
-        """Records of the assigned partitions, and the assignment changes met on the way."""
+        """Records of the assigned partitions, and the assignment changes met on the way.
+
+        Raises no retriable error (a broker outage): what it stopped is tried again next poll.
+        A partition is handed over (``Poll.assigned``) only with its committed checkpoint,
+        before any of its records.
+        """
         kafka_compat.unstick_parked_records(self._consumer)
-        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms)
+        except RetriableError as exc:  # raised before any record is taken: none is lost
+            log.warning("poll failed (broker unreachable?), retrying next turn: %s", exc)
+            batches = {}
         self._watch_join()
         final = frozenset(self._consumer.assignment())
         revoked, fresh = _changes(self._held, self._listener.drain(), final)
-        self._held = final
-        assigned = {tp: Checkpoint.from_committed(self.committed(tp)) for tp in sorted(fresh)}
+        assigned = self._checkpoints(fresh)
+        # Partitions whose committed offset could not be read are not handed over yet: not
+        # held, so the next poll finds them newly assigned again; their records wait till then.
+        unread = fresh - assigned.keys()
+        self._held = final - unread
         rewound = self._look_back(assigned) if self._lookback else set()
         records: list[RawRecord] = []
         for tp, batch in batches.items():
-            if tp not in rewound:
+            if tp in unread:
+                self._consumer.seek(tp, batch[0].offset)
+            elif tp not in rewound:
                 records.extend(self._trim(tp, batch))
         self._pause_finished()
         return Poll(records, frozenset(revoked), MappingProxyType(dict(assigned)))
+
+    def _checkpoints(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, Checkpoint | None]:
+        """The committed checkpoints of ``partitions``, up to the first one the broker does not
+        answer for in time (an outage): it and the rest are left out, to be read next poll."""
+        found: dict[TopicPartition, Checkpoint | None] = {}
+        for tp in sorted(partitions):
+            try:
+                found[tp] = Checkpoint.from_committed(self.committed(tp))
+            except RetriableError as exc:  # KafkaConnectionError, KafkaTimeoutError, ...
+                log.warning(
+                    "cannot read the committed offset of %s (broker unreachable?), "
+                    "retrying next poll: %s",
+                    tp,
+                    exc,
+                )
+                break
+        return found
 
     def _look_back(
         self, assigned: Mapping[TopicPartition, Checkpoint | None]
@@ -343,8 +384,14 @@ class KafkaSource:
         return True
 
     def committed(self, tp: TopicPartition) -> tuple[int, str | None] | None:
-        """The group's committed ``(offset, metadata)`` of ``tp``, None if never committed."""
-        found = self._consumer.committed(TopicPartition(*tp), metadata=True)
+        """The group's committed ``(offset, metadata)`` of ``tp``, None if never committed.
+
+        Waits at most ``_COMMITTED_TIMEOUT_MS``, then raises ``KafkaTimeoutError``; raises
+        ``KafkaConnectionError`` sooner when the broker is down (both retriable).
+        """
+        found = self._consumer.committed(
+            TopicPartition(*tp), metadata=True, timeout_ms=_COMMITTED_TIMEOUT_MS
+        )
         if found is None or found.offset < 0:
             return None
         return int(found.offset), found.metadata
@@ -366,7 +413,7 @@ class KafkaSource:
         now = time.monotonic()
         out: dict[TopicPartition, PartitionProgress] = {}
         for tp in self._held:
-            position = self._consumer.position(tp)
+            position = self._position(tp)
             if position is None:
                 continue
             highwater = self._consumer.highwater(tp)
@@ -395,11 +442,24 @@ class KafkaSource:
             out[tp] = PartitionProgress(int(position), highwater, caught_up)
         return out
 
+    def _position(self, tp: TopicPartition) -> int | None:
+        """The consumer's position of ``tp``, None while it has none yet; never waits.
+
+        Without a time limit ``KafkaConsumer.position()`` fetches a missing position from the
+        group coordinator for as long as that takes, and raises ``KafkaConnectionError`` when
+        the broker is down; ``poll()`` resolves it anyway.
+        """
+        try:
+            position = self._consumer.position(tp, timeout_ms=0)
+        except RetriableError:
+            return None
+        return None if position is None else int(position)
+
     def finished(self) -> bool:
         """Under ``until_end``: partitions are assigned and all reached their stop offsets."""
         if self._stop is None or not self._held:
             return False
-        return all((self._consumer.position(tp) or 0) >= self._stop.get(tp, 0) for tp in self._held)
+        return all((self._position(tp) or 0) >= self._stop.get(tp, 0) for tp in self._held)
 
     def pause(self, *partitions: TopicPartition) -> None:
         self._consumer.pause(*(TopicPartition(*tp) for tp in partitions))
@@ -506,7 +566,7 @@ class KafkaSource:
         if self._stop is None:
             return set()
         stop = self._stop
-        return {tp for tp in self._held if (self._consumer.position(tp) or 0) >= stop.get(tp, 0)}
+        return {tp for tp in self._held if (self._position(tp) or 0) >= stop.get(tp, 0)}
 
     def _pause_finished(self) -> None:
         done = self._finished_partitions() - set(self._consumer.paused())
