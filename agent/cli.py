@@ -13,6 +13,7 @@ import numpy as np
 
 from sketches.batch import EventBatch
 from sketches.errors import EmbmonError
+from sketches.geometry import DEFAULT_PROBES
 from sketches.reference import METHODS, Method, Reference, build_reference
 
 from .config import add_settings_flags
@@ -45,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--method", choices=METHODS, default="pca-centroids")
     build.add_argument("--components", type=int, default=20, help="PCA components")
+    build.add_argument(
+        "--probes",
+        type=int,
+        default=DEFAULT_PROBES,
+        help="random projections of the residual off the PCA subspace kept in each window's "
+        "sample (0: none; each costs 2 kB a window)",
+    )
     build.add_argument("--clusters", type=int, default=8, help="clusters for kmeans / pca-kmeans")
     build.add_argument("--centroids", help=".npy centroid matrix for --method manual")
     build.add_argument("--distance", choices=("cosine", "euclidean"), default="cosine")
@@ -191,6 +199,7 @@ def _reference_build(args: argparse.Namespace) -> int:
         labels,
         method=cast(Method, args.method),
         components=args.components,
+        probes=args.probes,
         clusters=args.clusters,
         distance=args.distance,
         alpha=args.alpha,
@@ -207,7 +216,8 @@ def _reference_build(args: argparse.Namespace) -> int:
     print(
         f"reference {reference.version} written to {out}: {len(reference.labels)} centroids "
         f"({', '.join(reference.labels[:8])}{', …' if len(reference.labels) > 8 else ''}), "
-        f"dim {reference.dim}, {reference.space.n_components} PCA components, {reference.distance} distance; "
+        f"dim {reference.dim}, {reference.space.n_components} PCA components, "
+        f"{reference.space.n_probes} residual probes, {reference.distance} distance; "
         f"rows fit/profile/holdout {rows['fit']}/{rows['profile']}/{rows['holdout']}{folds}; alpha {args.alpha}"
     )
     return 0

@@ -55,7 +55,7 @@ Distance = Literal["cosine", "euclidean"]
 Method = Literal["pca-centroids", "kmeans", "pca-kmeans", "manual"]
 METHODS: tuple[Method, ...] = ("pca-centroids", "kmeans", "pca-kmeans", "manual")
 F32 = npt.NDArray[np.float32]
-DEFAULT_PROBES = 64
+DEFAULT_PROBES = 128
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import orjson
 import pytest
 from sklearn.datasets import load_digits
 
+from sketches.reference import Reference
+
 DAY = 86_400
 START = 1_763_596_800  # 2025-11-20T00:00:00Z
 
@@ -159,13 +161,19 @@ def test_reference_from_events_with_mapped_fields(scenario: Path, tmp_path: Path
         "pca-centroids",
         "--components",
         "10",
+        "--probes",
+        "16",
         "--rounds",
         "50",
         "--out",
         tmp_path / "ref",
     )
     assert result.returncode == 0, result.stderr
-    assert "10 centroids (0, 1, 2, 3, 4, 5, 6, 7, …), dim 64, 10 PCA components" in result.stdout
+    assert (
+        "10 centroids (0, 1, 2, 3, 4, 5, 6, 7, …), dim 64, 10 PCA components, 16 residual probes"
+        in result.stdout
+    )
+    assert Reference.load(tmp_path / "ref").profile.sample.components == 10 + 16
     unmapped = embmon(
         "reference", "build", "--input", events, "--rounds", "50", "--out", tmp_path / "r2"
     )

@@ -16,7 +16,7 @@ import pytest
 
 from sketches.batch import EventBatch
 from sketches.drift import evaluate
-from sketches.geometry import EmbeddingSpace, fit_pca, residual_probes
+from sketches.geometry import DEFAULT_PROBES, EmbeddingSpace, fit_pca, residual_probes
 from sketches.profile import WindowProfile
 from sketches.reference import Reference, build_reference
 from sketches.sample import row_keys
@@ -89,7 +89,7 @@ def test_a_reference_saves_and_loads_its_probes(gaussian_reference: Reference, t
     assert loaded.space.probes is not None
     assert np.array_equal(loaded.space.probes, gaussian_reference.space.probes)
     assert loaded.version == gaussian_reference.version
-    assert loaded.profile.sample.components == 6 + 64
+    assert loaded.profile.sample.components == 6 + DEFAULT_PROBES
 
 
 def test_sample_mmd_holds_its_false_alarm_rate_on_fresh_windows(
