@@ -381,6 +381,13 @@ def window_families(
             ),
             ("embmon_window_drifted", "1 if any metric of the last window drifted.", ms),
             (
+                "embmon_drift_contributor",
+                "The parts of a metric that moved most in the last window, by rank (1 = most): "
+                "a centroid's share change, KS or share of the shift, a class's or term's share "
+                "change.",
+                [*ms, "metric", "rank", "part"],
+            ),
+            (
                 "embmon_closest_centroid_ratio",
                 "Share of events closest to each centroid.",
                 [*ms, "centroid"],
@@ -422,6 +429,11 @@ def window_families(
             if result.threshold is not None:
                 put("embmon_drift_threshold", [*base, metric], result.threshold)
             put("embmon_drift_detected", [*base, metric], float(result.drifted))
+            if metric == "frequent_terms" and not term_labels:
+                continue
+            for rank, (part, value) in enumerate(result.contributors, start=1):
+                shown = term_label(part) if metric == "frequent_terms" else part
+                put("embmon_drift_contributor", [*base, metric, str(rank), shown], value)
         put("embmon_window_drifted", base, float(record.drifted))
         for centroid, ratio in record.closest_centroid.items():
             put("embmon_closest_centroid_ratio", [*base, centroid], ratio)

@@ -297,6 +297,7 @@ class WindowRecord:
                     float(r["score"]),
                     None if r.get("threshold") is None else float(r["threshold"]),
                     bool(r["drifted"]),
+                    tuple((str(c["part"]), float(c["value"])) for c in r.get("contributors", ())),
                 )
                 for name, r in obj["drift"].items()
             },

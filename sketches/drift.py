@@ -33,9 +33,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .explain import Contributor, contributors
 from .mmd import sample_mmd
 from .profile import WindowProfile
 from .quantiles import QuantileSketch, ks_on_sketches
+from .text import COMPARED_TERMS
 
 __all__ = [
     "CategoricalStatistic",
@@ -50,7 +52,6 @@ __all__ = [
 ]
 
 CategoricalStatistic = Literal["hellinger", "psi", "jensen_shannon"]
-TOP_TERMS = 50
 _PSI_FLOOR = 1e-4
 
 
@@ -65,12 +66,14 @@ class Score:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """``drifted`` is ``score > threshold``; no threshold means the window was too small."""
+    """``drifted`` is ``score > threshold``; no threshold means the window was too small.
+    ``contributors`` are the metric's parts that moved most (:mod:`sketches.explain`)."""
 
     statistic: str
     score: float
     threshold: float | None
     drifted: bool
+    contributors: tuple[Contributor, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +84,8 @@ class DriftResult:
         }
         if self.threshold is None:
             out["reason"] = "insufficient_events"
+        if self.contributors:
+            out["contributors"] = [{"part": p, "value": v} for p, v in self.contributors]
         return out
 
 
@@ -192,7 +197,8 @@ def drift_scores(
             scores["term_length"] = Score(
                 "ks", ks_on_sketches(wt.term_length, rt.term_length), docs
             )
-            keys = {t for t, _ in wt.terms.top(TOP_TERMS)} | {t for t, _ in rt.terms.top(TOP_TERMS)}
+            keys = {t for t, _ in wt.terms.top(COMPARED_TERMS)}
+            keys |= {t for t, _ in rt.terms.top(COMPARED_TERMS)}
             score = categorical_score(
                 statistic, _term_mix(window, keys), _term_mix(reference, keys)
             )
@@ -207,13 +213,15 @@ def drift_scores(
 
 
 def evaluate(window: WindowProfile, reference: CalibratedReference) -> dict[str, DriftResult]:
-    """Score a closed window against its reference and judge each metric by its threshold."""
+    """Score a closed window against its reference, judge each metric by its threshold, and
+    name each judged metric's top contributors."""
     results = {}
     for metric, s in drift_scores(window, reference.profile, reference.statistic).items():
         threshold = reference.threshold(metric, s.sample_size)
         if threshold is None and metric != "closest_centroid":
             continue
         drifted = threshold is not None and s.score > threshold
-        results[metric] = DriftResult(s.statistic, s.score, threshold, drifted)
+        parts = contributors(metric, window, reference.profile) if threshold is not None else ()
+        results[metric] = DriftResult(s.statistic, s.score, threshold, drifted, parts)
     results.setdefault("closest_centroid", DriftResult(reference.statistic, 0.0, None, False))
     return results

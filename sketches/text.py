@@ -23,9 +23,10 @@ from .frequent import DistinctCount, FrequentItems
 from .quantiles import QuantileSketch
 from .serial import pack, reading, unpack
 
-__all__ = ["TextFeatures", "TextSketch", "text_features"]
+__all__ = ["COMPARED_TERMS", "TextFeatures", "TextSketch", "text_features"]
 
 Ints = npt.NDArray[np.int64]
+COMPARED_TERMS = 50  # top terms of each side that a comparison of two windows' terms reads
 
 
 @dataclass(frozen=True)

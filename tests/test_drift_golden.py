@@ -106,6 +106,10 @@ def test_a_class_mix_shift_is_flagged_from_its_first_day(
     assert _flagged(verdicts) == [4, 5, 6, 7], report
     for day in (4, 5, 6, 7):
         assert verdicts[day]["closest_centroid"].drifted, report
+        # the record names its cause: the three digits that now take every event
+        parts = verdicts[day]["closest_centroid"].contributors
+        assert {part for part, _ in parts} == {"0", "1", "2"}, parts
+        assert all(value > 0.15 for _, value in parts), parts
     for day in (0, 1, 2, 3):
         assert all(r.threshold is not None for r in verdicts[day].values()), report
 

@@ -351,6 +351,13 @@ def test_drift_alert_is_delivered_with_model_and_metric(scenario: Scenario) -> N
         assert f"{threshold:.3f}" in annotations["description"], annotations["description"]
         assert "(unknown)" not in annotations["description"]
         assert "error" not in json.dumps(annotations).lower()
+        # the parts that moved most, from embmon_drift_contributor, for metrics that have parts
+        parts = drifted[labels["metric"]].get("contributors", [])
+        named = "Moved most: " in annotations["description"]
+        assert named == bool(parts), (parts, annotations["description"])
+        if parts:  # D3 is the last closed window: its parts, most moved first
+            first = f"Moved most: {parts[0]['part']} ({parts[0]['value']:+.3f})"
+            assert first in annotations["description"], annotations["description"]
     assert {a["labels"]["metric"] for _, a in alerts} == set(drifted)
 
 
