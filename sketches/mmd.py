@@ -4,8 +4,8 @@ Per-column statistics (KS on distances and residuals, centroid mixes) miss a shi
 the joint distribution but few marginals, such as a new kind of input landing between known
 centroids. The maximum mean discrepancy (Gretton et al., 2012) with a Gaussian kernel sees any
 difference between two distributions. It is computed on the two
-:class:`~sketches.sample.CoordinateSample` s (rows in the reference PCA subspace, weighted by
-their counts):
+:class:`~sketches.sample.CoordinateSample` s (rows of PCA coordinates and residual probes),
+over their *distinct* rows, one weight each:
 
     MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y),  k(a, b) = exp(-|a - b|^2 / (2 s^2))
 
@@ -15,6 +15,12 @@ between the reference sample's rows (the median heuristic): a function of the re
 fixed once it is built. No p-value is computed here: like every metric, the score is judged
 by a threshold calibrated per window size (:mod:`sketches.calibration`), from the scores
 :func:`split_null` draws.
+
+Why distinct rows: repeats concentrate a window's weight on few rows, which widens the
+statistic's spread well beyond a window of as many distinct rows, so a window drawn from a
+small pool, or traffic with popular requests, would alarm though its rows are the reference's
+kind. A stream that repeats one embedding (a broken upstream sending a default vector) still
+shows in the count-based metrics (closest centroid, distances, residual).
 
 Why its own null: the calibration's bootstrap windows repeat held-out rows (a window of 1,000
 from 564 rows holds each about twice), and a resampled population adds its own deviation, so
@@ -66,17 +72,12 @@ def _kernel(a: F32, b: F32, bandwidth: float) -> F32:
     return np.exp(k, out=k)
 
 
-def _within(kernel: F32, weights: F32) -> float:
-    """Mean kernel value over pairs of distinct rows, weighted by their counts.
-
-    Pairs of copies of one row are left out, like the pairs of an event with itself: the
-    calibration's bootstrap windows repeat rows that fresh traffic would not, and counting
-    those pairs would add a bias of about ``sum(weights**2)`` that live windows do not have.
-    """
-    same = float(weights @ weights)
-    if same >= 1.0:
+def _within(kernel: F32) -> float:
+    """Mean kernel value over pairs of distinct rows (the diagonal, a row with itself, left out)."""
+    rows = kernel.shape[0]
+    if rows < 2:
         return 1.0
-    return (float(weights @ kernel @ weights) - same) / (1.0 - same)
+    return (float(kernel.sum(dtype=np.float64)) - rows) / (rows * (rows - 1))
 
 
 def _reference_terms(reference: CoordinateSample) -> tuple[float, float]:
@@ -91,22 +92,18 @@ def _reference_terms(reference: CoordinateSample) -> tuple[float, float]:
         distances = np.sqrt(np.maximum(gram[upper], 0.0))
         median = float(np.median(distances)) if distances.size else 0.0
         bandwidth = median if median > 0 else 1.0
-        terms = (bandwidth, _within(_kernel(y, y, bandwidth), _weights(reference)))
+        terms = (bandwidth, _within(_kernel(y, y, bandwidth)))
         reference.memo["mmd"] = terms
     return terms
 
 
 def sample_mmd(window: CoordinateSample, reference: CoordinateSample) -> float:
-    """The unbiased squared MMD between the two samples' count-weighted distinct rows."""
-    with one_blas_thread():  # a 512 x 20 x 540 product: two threads only add a hand-off
+    """The unbiased squared MMD between the two samples' distinct rows."""
+    with one_blas_thread():  # a 512 x 148 x 565 product: two threads only add a hand-off
         bandwidth, within_reference = _reference_terms(reference)
-        x, w = window.coords, _weights(window)
-        cross = float(w @ _kernel(x, reference.coords, bandwidth) @ _weights(reference))
-        return _within(_kernel(x, x, bandwidth), w) + within_reference - 2.0 * cross
-
-
-def _weights(sample: CoordinateSample) -> F32:
-    return sample.weights().astype(np.float32)
+        x = window.coords
+        cross = float(_kernel(x, reference.coords, bandwidth).mean(dtype=np.float64))
+        return _within(_kernel(x, x, bandwidth)) + within_reference - 2.0 * cross
 
 
 def split_null(

@@ -153,10 +153,6 @@ class CoordinateSample:
         )
         return merged
 
-    def weights(self) -> npt.NDArray[np.float64]:
-        """Each entry's share of the sampled events."""
-        return self.counts / max(1, int(self.counts.sum()))
-
     def _set(self, keys: Keys, counts: npt.NDArray[np.int64], coords: F32) -> None:
         self.keys, self.counts, self.coords = keys, counts, coords
         self._memo = {}
