@@ -74,7 +74,7 @@ def _kernel(a: F32, b: F32, bandwidth: float) -> F32:
 
 def _within(kernel: F32) -> float:
     """Mean kernel value over pairs of distinct rows (the diagonal, a row with itself, left out)."""
-    rows = kernel.shape[0]
+    rows = int(kernel.shape[0])
     if rows < 2:
         return 1.0
     return (float(kernel.sum(dtype=np.float64)) - rows) / (rows * (rows - 1))
