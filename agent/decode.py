@@ -1,9 +1,11 @@
 """Decode raw records (Kafka or files) into columnar batches, one per (model, segment).
 
 A whole poll of records is decoded at once so the vectors become one float32 matrix per
-encoding in a single numpy call; Python bytecode runs per record (JSON parse, a few lookups),
-never per number. A bad record never raises and never disturbs its neighbours: it becomes a
-``Reject`` with a reason from ``REJECT_REASONS`` (the values of the
+encoding in a single numpy call. The records are read and checked a field at a time over the
+whole poll, the common shapes (float32 bytes, numeric times, absent fields) in a few C loops
+per field; a record that fails a check is decoded again on its own, which finds its reason.
+Python bytecode never runs per number. A bad record never raises and never disturbs its
+neighbours: it becomes a ``Reject`` with a reason from ``REJECT_REASONS`` (the values of the
 ``embmon_events_rejected_total{reason}`` label) and keeps its bytes for a dead-letter topic.
 A reject's detail names the field, the type or size of what was found and the rule it broke,
 never the content: details are logged and sent in dead-letter headers, and an event's fields
@@ -15,13 +17,15 @@ from __future__ import annotations
 import binascii
 import math
 import time
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from itertools import repeat
-from typing import NamedTuple, Protocol, TypeVar, cast
+from itertools import compress, repeat
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -215,10 +219,7 @@ class Decoder:
         """Decode ``records``; never raises for bad records, which come back as rejects."""
         records = list(records)
         horizon = math.inf if self.max_future_s is None else self.clock() + self.max_future_s
-        columns = self._all_good(records, horizon)
-        rejects: list[tuple[int, Reject]] = []
-        if columns is None:
-            columns, rejects = self._each(records, horizon)
+        columns, rejects = self._rows(records, horizon)
         matrix, non_finite = self._matrix(columns.vectors)
         for pos, detail in non_finite.items():
             record, event_id = columns.records[pos], columns.event_ids[pos]
@@ -229,95 +230,129 @@ class Decoder:
         keep = [pos for pos in range(len(columns.records)) if pos not in non_finite]
         return DecodedBatch(self._group(columns, keep, matrix), tuple(r for _, r in rejects))
 
-    def _each(
+    def _rows(
         self, records: list[RecordLike], horizon: float
     ) -> tuple[_Columns, list[tuple[int, Reject]]]:
-        """Every record on its own: the good ones' rows, and each bad one's first problem."""
+        """The good records' rows (as columns, in input order) and the bad ones' rejects.
+
+        Records the compiled reader vouches for and that pass every check are read and
+        checked at once (``_at_once``); only the others are decoded one by one (``_each``),
+        which finds each reject's reason, so the rows and rejects are those of ``_each``
+        alone.
+        """
+        fast, read = self._at_once(records, horizon)
+        if len(fast.positions) == len(records):
+            return fast, []
+        done = set(fast.positions)
+        rest = [i for i in range(len(records)) if i not in done]
+        rows, rejects = self._each(records, rest, horizon, read)
+        slow = _transposed(rows)
+        if not fast.positions:
+            return slow, rejects
+        cuts = list(map(partial(bisect_left, fast.positions), slow.positions))
+        return _Columns(*map(partial(_merged, cuts), fast, slow)), rejects
+
+    def _each(
+        self,
+        records: list[RecordLike],
+        indices: list[int],
+        horizon: float,
+        read: Mapping[int, EventFields | None],
+    ) -> tuple[list[_Row], list[tuple[int, Reject]]]:
+        """The given records one by one: the good ones' rows, each bad one's first problem.
+        ``read`` holds what the compiled reader already made of some (None: refused)."""
         rows: list[_Row] = []
         rejects: list[tuple[int, Reject]] = []
-        for index, record in enumerate(records):
+        for index in indices:
+            record = records[index]
             try:
-                rows.append(self._parse(index, record, horizon))
+                if index in read:  # a value of the right size: the reader's, or the exact read
+                    v = read[index] or self._read_exactly(cast(bytes, record.value))
+                    rows.append(self._row(index, record, v, horizon))
+                else:
+                    rows.append(self._parse(index, record, horizon))
             except Bad as bad:
                 rejects.append((index, _reject(bad.reason, bad.detail, record, bad.event_id)))
-        columns = [list(column) for column in zip(*rows, strict=True)] or [[]] * len(_Row._fields)
-        return _Columns(*columns), rejects
+        return rows, rejects
 
-    def _all_good(self, records: list[RecordLike], horizon: float) -> _Columns | None:
-        """The poll's rows, read and checked field by field over all records at once (a few C
-        loops per field, instead of Python calls per record); None as soon as one record fails
-        a check or is one the compiled reader does not vouch for. Then ``_each`` decodes the
-        poll, finding each reject's reason, so what comes out is the same either way: rows
-        only pass here if every check passed, and the checks below are the per-record ones
-        (or, for the common shapes, the same rule over a whole column)."""
+    def _at_once(
+        self, records: list[RecordLike], horizon: float
+    ) -> tuple[_Columns, dict[int, EventFields | None]]:
+        """The rows of the records that pass every check, each field read and checked over all
+        records at once: a few C loops per field instead of Python calls per record. The checks
+        are the per-record ones, or for the common shapes the same rule over a whole column;
+        a record that fails one, or that the reader does not vouch for, is left out, and what
+        the reader made of it kept, so that ``_each`` need not read it again."""
+        sized, values = self._sized(records)
+        read_at, read = self._reader.read_columns(values)
+        positions, refused = sized, dict[int, EventFields | None]()
+        if len(read_at) < len(sized):
+            positions = list(map(sized.__getitem__, read_at))
+            refused = dict.fromkeys(set(sized) - set(positions))
+        if len(positions) < len(records):
+            records = list(map(records.__getitem__, positions))
+        event_id, timestamp, model, vector, b64, text, tokens, prediction, target, segment = (
+            read or [[]] * len(EventFields._fields)
+        )
+        f, bad = self.fields, set[int]()
+        columns: list[Any] = [  # None in the rows that failed a check, which are then left out
+            positions,
+            records,
+            _labels(f.event_id, event_id, bad),
+            self._timestamps(timestamp, records, horizon, bad),
+            _checked_or(self._model, bad, self.default_model, model),
+            _checked_or(self._segment, bad, (), segment),
+            self._vectors(vector, b64, bad),
+            _checked_or(self._tokens, bad, None, tokens, text),
+            _checked_or(partial(name, f.prediction), bad, None, prediction),
+            _checked_or(partial(name, f.target), bad, None, target),
+        ]
+        if bad:
+            keep = [row not in bad for row in range(len(records))]
+            columns = [_kept(keep, column) for column in columns]
+            refused.update((positions[row], _fields_of(read, row)) for row in bad)
+        return _Columns(*columns), refused
+
+    def _sized(self, records: list[RecordLike]) -> tuple[list[int], list[bytes]]:
+        """The records with a value (no tombstone) of at most ``max_event_bytes``: where, what."""
         values = list(map(_value, records))
-        if not _BYTES.issuperset(map(type, values)):
-            return None  # a tombstone, or a value of another type
-        raws = cast(list[bytes], values)
-        if max(map(len, raws), default=0) > self.max_event_bytes:
-            return None
-        read = self._reader.read_columns(raws)
-        if read is None:
-            return None
-        event_id, timestamp, model, vector, b64, text, tokens, prediction, target, segment = read
-        f = self.fields
-        try:
-            return _Columns(
-                range(len(records)),
-                records,
-                _labels(f.event_id, event_id),
-                self._timestamps(timestamp, records, horizon),
-                self._models(model),
-                _each_or(segment, self._segment, ()),
-                self._vectors(vector, b64),
-                self._all_tokens(tokens, text),
-                _each_or(prediction, partial(name, f.prediction), None),
-                _each_or(target, partial(name, f.target), None),
-            )
-        except Bad:
-            return None
+        positions = list(range(len(records)))
+        if _BYTES.issuperset(map(type, values)):
+            raws = cast(list[bytes], values)
+            if max(map(len, raws), default=0) <= self.max_event_bytes:
+                return positions, raws
+        keep = [type(v) is bytes and len(v) <= self.max_event_bytes for v in values]
+        return list(compress(positions, keep)), cast(list[bytes], list(compress(values, keep)))
 
     def _timestamps(
-        self, values: list[object], records: list[RecordLike], horizon: float
-    ) -> list[float] | npt.NDArray[np.float64]:
+        self, values: list[object], records: list[RecordLike], horizon: float, bad: set[int]
+    ) -> list[float | None] | npt.NDArray[np.float64]:
         """``_timestamp`` of each event; numbers, or none at all, checked as one array."""
         if NUMBER_TYPES.issuperset(map(type, values)):
             seconds = np.array(values, dtype=np.float64)
-        elif _absent(values):
-            stamps = list(map(_stamp, records))
-            if not _INT.issuperset(map(type, stamps)):
-                return list(map(self._timestamp, values, stamps, repeat(horizon)))
-            if min(cast(list[int], stamps), default=0) < 0:
-                raise Bad("bad_timestamp", "a record without a timestamp")
-            seconds = np.array(stamps, dtype=np.float64) / 1000.0
         else:
-            return list(map(self._timestamp, values, map(_stamp, records), repeat(horizon)))
-        if not ((seconds >= 0.0) & (seconds < _MAX_EPOCH_SECONDS) & (seconds <= horizon)).all():
-            raise Bad("bad_timestamp", "out of range")  # which, and why: _each finds out
+            stamps = list(map(_stamp, records))
+            if not (_absent(values) and _INT.issuperset(map(type, stamps))):
+                return _checked(self._timestamp, bad, values, stamps, repeat(horizon))
+            seconds = np.array(stamps, dtype=np.float64) / 1000.0  # the records' own times
+        ok = (seconds >= 0.0) & (seconds < _MAX_EPOCH_SECONDS) & (seconds <= horizon)
+        bad.update(np.flatnonzero(~ok).tolist())  # which, and why: _each finds out
         return seconds
 
-    def _models(self, values: list[object]) -> list[str]:
-        if _absent(values):
-            return [self.default_model] * len(values)
-        return list(map(self._model, values))
-
-    def _vectors(self, vectors: list[object], b64s: list[object]) -> Sequence[_Vector]:
-        """``_vector`` of each event; float32 bytes of the right size, or arrays of the right
-        length, checked as a whole column."""
+    def _vectors(
+        self, vectors: list[object], b64s: list[object], bad: set[int]
+    ) -> Sequence[_Vector | None]:
+        """``_vector`` of each event; float32 bytes (or arrays) of the right size: those
+        sizes checked as one array."""
         if _absent(vectors) and _BYTES.issuperset(map(type, b64s)):
             blobs = cast(list[bytes], b64s)
-            if set(map(len, blobs)) <= {4 * self.dim}:
-                return blobs
-        elif _ARRAY.issuperset(map(type, vectors)):
+            bad.update(_other_sizes(blobs, 4 * self.dim))
+            return blobs
+        if _ARRAY.issuperset(map(type, vectors)):
             arrays = cast(list[npt.NDArray[np.float64]], vectors)
-            if set(map(len, arrays)) <= {self.dim}:
-                return arrays
-        return list(map(self._vector, vectors, b64s))
-
-    def _all_tokens(self, tokens: list[object], texts: list[object]) -> list[list[str] | None]:
-        if _absent(tokens) and _absent(texts):
-            return [None] * len(tokens)
-        return list(map(self._tokens, tokens, texts))
+            bad.update(_other_sizes(arrays, self.dim))
+            return arrays
+        return _checked(self._vector, bad, vectors, b64s)
 
     def _parse(self, index: int, record: RecordLike, horizon: float) -> _Row:
         raw = record.value
@@ -325,7 +360,10 @@ class Decoder:
             raise Bad("invalid_json", "record has no value (a tombstone?)")
         if len(raw) > self.max_event_bytes:
             raise Bad("oversized", f"{len(raw)} bytes > max_event_bytes {self.max_event_bytes}")
-        v = self._reader.read(raw) or self._read_exactly(raw)
+        return self._row(index, record, self._reader.read(raw) or self._read_exactly(raw), horizon)
+
+    def _row(self, index: int, record: RecordLike, v: EventFields, horizon: float) -> _Row:
+        """The checks of each field of a read event, in order: the first failed is the reason."""
         f = self.fields
         event_id = label(f.event_id, v.event_id)
         try:
@@ -536,18 +574,75 @@ def _rows(array: _A, rows: npt.NDArray[np.intp] | None) -> _A:
     return array if rows is None else cast(_A, array[rows])
 
 
-def _labels(path: str, values: list[object]) -> list[str | None]:
+def _labels(path: str, values: list[object], bad: set[int]) -> list[str | None]:
     """:func:`label` of each value; strings and nulls, as they are, without a call each."""
     if _TEXT.issuperset(map(type, values)):
         return cast(list[str | None], values)
-    return list(map(label, repeat(path), values))
+    return _checked(partial(label, path), bad, values)
 
 
-def _each_or(values: list[object], check: Callable[[object], _T], empty: _T) -> list[_T]:
-    """``check`` of each value, or ``empty`` for all when no event carries the field."""
-    if _absent(values):
-        return [empty] * len(values)
-    return list(map(check, values))
+def _checked_or(
+    check: Callable[..., _T], bad: set[int], empty: _T, *columns: list[object]
+) -> list[_T | None]:
+    """``_checked``, or ``empty`` for every row when no event carries the field(s)."""
+    if all(map(_absent, columns)):
+        return [empty] * len(columns[0])
+    return _checked(check, bad, *columns)
+
+
+def _checked(
+    check: Callable[..., _T], bad: set[int], *columns: Iterable[object]
+) -> list[_T | None]:
+    """``check`` of each row of ``columns``; None, and the row added to ``bad``, where it
+    raises :class:`Bad`."""
+    out: list[_T | None] = []
+    for row, args in enumerate(zip(*columns, strict=False)):  # a column may be a repeat()
+        try:
+            out.append(check(*args))
+        except Bad:
+            out.append(None)
+            bad.add(row)
+    return out
+
+
+def _other_sizes(values: Sequence[Sized], size: int) -> list[int]:
+    """Where ``values`` are not of length ``size``."""
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    return np.flatnonzero(lengths != size).tolist()
+
+
+def _kept(keep: list[bool], column: Any) -> Any:
+    """The rows of a column (a list, or the timestamps' array) that ``keep`` marks True."""
+    if isinstance(column, np.ndarray):
+        return column[np.asarray(keep, dtype=bool)]
+    return list(compress(column, keep))
+
+
+def _transposed(rows: list[_Row]) -> _Columns:
+    """Rows as columns: the shape of what ``_at_once`` gives."""
+    if not rows:
+        return _Columns(*([] for _ in _Row._fields))
+    return _Columns(*map(list, zip(*rows, strict=True)))
+
+
+def _fields_of(columns: list[list[object]], row: int) -> EventFields:
+    """One row of the reader's columns, as ``EventFields`` (the inner loop in C)."""
+    return tuple.__new__(EventFields, map(itemgetter(row), columns))
+
+
+def _merged(cuts: list[int], fast: Any, slow: Sequence[object]) -> Any:
+    """One column of the rows read at once with ``slow``'s rows put in, each before the row
+    of ``fast`` at its cut: a slice per slow row, however many rows there are."""
+    if isinstance(fast, np.ndarray):
+        return np.insert(fast, cuts, np.asarray(slow, dtype=fast.dtype))
+    out: list[object] = []
+    start = 0
+    for cut, value in zip(cuts, slow, strict=True):
+        out += fast[start:cut]
+        out.append(value)
+        start = cut
+    out += fast[start:]
+    return out
 
 
 def _value(record: RecordLike) -> bytes | None:

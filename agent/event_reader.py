@@ -128,47 +128,44 @@ class EventReader:
             return None
         return tuple.__new__(EventFields, values)
 
-    def read_columns(self, raws: Sequence[bytes]) -> list[list[object]] | None:
-        """What ``read`` gives each of ``raws``, as one list per field (in ``EventFields``'
-        order); ``None`` unless ``read`` vouches for every one of them.
+    def read_columns(self, raws: Sequence[bytes]) -> tuple[list[int], list[list[object]]]:
+        """What ``read`` gives, as one list per field (in ``EventFields``' order), of the
+        records it vouches for, and where those are in ``raws``; the others need the exact path.
 
         For a poll of good events this is a few C loops (``map``) per field instead of a
         Python call per record: most of the reading of a chunk is then msgspec's own.
         """
         if self._decoder is None:
-            return None
-        if not all(map(bytes.isascii, raws)) and not all(map(_utf8, raws)):
-            return None
-        try:
-            events = list(map(self._decoder.decode, raws))
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            return None
+            return [], []
+        positions, values = list(range(len(raws))), list(raws)
+        if not all(map(bytes.isascii, values)):
+            positions, values = _kept(list(map(_utf8, values)), positions, values)
+        events = _decoded(self._decoder, values)
+        if any(map(operator.is_, events, itertools.repeat(None))):
+            positions, events = _kept(
+                list(map(operator.is_not, events, itertools.repeat(None))), positions, events
+            )
         absent: list[object] = [None] * len(events)  # shared: the columns are only read
         columns = [absent if get is None else list(map(get, events)) for get in self._columns]
-        if any(map(operator.is_not, columns[_EMBEDDING], itertools.repeat(None))):
-            vectors = self._vectors(columns[_EMBEDDING])
-            if vectors is None:
-                return None
-            columns[_EMBEDDING] = vectors
-        if self.segment_keys and not all(map(self._segment_ok, columns[_SEGMENT])):
-            return None
-        return columns
+        found = columns[_EMBEDDING]
+        if any(map(operator.is_not, found, itertools.repeat(None))):
+            columns[_EMBEDDING] = list(map(self._numbers_or_none, found))
+            ok = list(map(_same_absence, columns[_EMBEDDING], found))
+            positions, *columns = _kept(ok, positions, *columns)
+        if self.segment_keys:
+            ok = list(map(self._segment_ok, columns[_SEGMENT]))
+            positions, *columns = _kept(ok, positions, *columns)
+        return positions, columns
 
-    def _vectors(self, found: list[object]) -> list[object] | None:
-        """The embedding column with every array read by ``_numbers``; None if one is refused."""
-        vectors: list[object] = []
-        for raw in found:
-            vector = None if raw is None else self._numbers(raw)  # type: ignore[arg-type]
-            if vector is None and raw is not None:
-                return None
-            vectors.append(vector)
-        return vectors
+    def _numbers_or_none(self, raw: Any) -> npt.NDArray[np.float64] | None:
+        return None if raw is None else self._numbers(raw)
 
     def _segment_ok(self, segment: object) -> bool:
-        """False for a segment holding, under a kept key, an integer orjson would not read as one."""
+        """False for a segment holding, under a kept key, a value orjson could read otherwise:
+        an integer past 64 bits (a float to orjson), or an array or object, which may hold one
+        (the decoder rejects those anyway)."""
         return not isinstance(segment, dict) or all(
-            type(v) is not int or -(2**63) <= v < 2**63
-            for v in (segment.get(key) for key in self.segment_keys)
+            map(_scalar_as_orjson_reads_it, map(segment.get, self.segment_keys))
         )
 
     def _numbers(self, raw: msgspec.Raw) -> npt.NDArray[np.float64] | None:
@@ -188,6 +185,37 @@ class EventReader:
 
 def _absent(event: Any) -> None:
     return None
+
+
+def _kept(keep: list[bool], *columns: list[Any]) -> list[list[Any]]:
+    """``columns`` without the rows ``keep`` marks False (itself, when it marks none)."""
+    if all(keep):
+        return list(columns)
+    return [list(itertools.compress(column, keep)) for column in columns]
+
+
+def _same_absence(vector: object, raw: object) -> bool:
+    """A vector read from every array found: False where ``_numbers`` refused one."""
+    return (vector is None) == (raw is None)
+
+
+def _decoded(decoder: msgspec.json.Decoder[Any], raws: list[bytes]) -> list[Any]:
+    """msgspec's event of each of ``raws``, None where it refuses one. ``list.extend`` keeps
+    what ``map`` gave before it raised, and ``map`` goes on after the refused one."""
+    events: list[Any] = []
+    remaining = iter(raws)
+    while len(events) < len(raws):
+        try:
+            events.extend(map(decoder.decode, remaining))
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            events.append(None)
+    return events
+
+
+def _scalar_as_orjson_reads_it(value: object) -> bool:
+    if type(value) is int:
+        return -(2**63) <= value < 2**63
+    return not isinstance(value, list | dict)
 
 
 def _utf8(raw: bytes) -> bool:

@@ -1,11 +1,10 @@
 """A poll decoded column by column gives what decoding each record on its own gives.
 
-``Decoder.decode`` first tries the whole poll at once (``_all_good``: the compiled reader's
-columns, each checked in a few C loops) and decodes record by record (``_each``) only when a
-record fails a check or is one the reader does not vouch for. Both must give the same groups,
-rows, offsets and rejects; the polls here mix good events of every shape (and non-finite
-vectors, which the poll-wide path lets through to the matrix check) with the edge cases of
-tests/test_event_reader.py.
+``Decoder.decode`` reads and checks the records the compiled reader vouches for all at once
+(``_at_once``: the reader's columns, each field checked in a few C loops) and decodes only the
+others record by record (``_each``). Together they must give the groups, rows, offsets and
+rejects of ``_each`` alone; the polls here mix good events of every shape (and non-finite
+vectors, which pass to the matrix check) with the edge cases of tests/test_event_reader.py.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def _polls(nested: bool) -> st.SearchStrategy[list[RawRecord]]:
 
 def _one_by_one(decoder: Decoder, records: list[RawRecord]) -> DecodedBatch:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(decoder, "_all_good", lambda records, horizon: None)
+        patch.setattr(decoder._reader, "read_columns", lambda raws: ([], []))
         return decoder.decode(records)
 
 
@@ -119,19 +118,26 @@ def test_a_poll_at_once_decodes_as_record_by_record(nested: bool, data: st.DataO
     _assert_same(decoder.decode(records), _one_by_one(decoder, records))
 
 
-def test_a_clean_poll_takes_the_poll_wide_path() -> None:
+def test_good_records_take_the_poll_wide_path_and_only_bad_ones_go_one_by_one() -> None:
     vector = np.arange(DIM, dtype="<f4")
     b64 = base64.b64encode(vector.tobytes()).decode()
     events = [
         {"event_id": "a", "timestamp": T0, "embedding_b64": b64},
         {"event_id": 7, "timestamp": T0 + 0.5, "embedding_b64": b64, "model": "m", "text": "hi"},
+        {"event_id": "short", "timestamp": T0, "embedding_b64": base64.b64encode(b"1234").decode()},
+        {"event_id": "b", "embedding": [1, 2, 3, 4]},
     ]
-    records = [RawRecord(orjson.dumps(e), -1, 0, i) for i, e in enumerate(events)]
+    records = [RawRecord(orjson.dumps(e), T0 * 1000, 0, i) for i, e in enumerate(events)]
+    records.insert(2, RawRecord(None, 0, 0, 9))
     decoder = Decoder(DIM, max_future_s=None)
-    assert decoder._all_good(records, np.inf) is not None
+    assert decoder._at_once(records, np.inf)[0].positions == [0, 1, 4]
     out = decoder.decode(records)
     assert [(g.model, g.offsets.tolist(), g.batch.tokens) for g in out.groups] == [
-        ("default", [0], None),
+        ("default", [0, 3], None),
         ("m", [1], [["hi"]]),
+    ]
+    assert [(r.reason, r.offset, r.event_id) for r in out.rejects] == [
+        ("invalid_json", 9, None),
+        ("wrong_dimension", 2, "short"),
     ]
     _assert_same(out, _one_by_one(decoder, records))
