@@ -18,8 +18,9 @@ metric) with probability at most ``alpha``, whatever its event count. The method
    apart, as a permutation test's null (:func:`sketches.mmd.split_null`: random splits of
    the reference and held-out rows into a pseudo-reference and a window of distinct rows),
    because bootstrap windows repeat rows, which a kernel statistic sees and a fresh window
-   does not have. Its rows are independent of the other columns', which can only make the
-   any-metric rate below over-count (metrics that fire together overlap in live windows).
+   does not have. That column is independent of the others, so step 4 counts its alarms as
+   if they never coincided with another metric's: it over-states the any-metric rate of live
+   windows (where metrics that see one shift fire together), a conservative error.
 4. Family-wise level: find the largest per-metric tail probability ``beta`` (between
    ``alpha / metrics`` and ``alpha``) such that the share of bootstrap windows in which *any*
    metric exceeds its upper ``beta``-quantile is at most ``alpha``; those quantiles are the
