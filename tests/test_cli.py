@@ -97,7 +97,10 @@ def test_replay_writes_the_contract_and_flags_the_shifted_days(scenario: Path) -
     assert [r["drifted"] for r in records] == [False] * 5 + [True] * 2
     for record in records:
         cc = record["drift"]["closest_centroid"]
-        assert set(cc) == {"statistic", "score", "threshold", "drifted"}
+        assert set(cc) - {"contributors"} == {"statistic", "score", "threshold", "drifted"}
+        parts = cc.get("contributors", [])  # the centroids whose share moved most
+        assert 1 <= len(parts) <= 3
+        assert {p["part"] for p in parts} <= set(record["centroid_distance"])
         assert cc["statistic"] == "hellinger"
         assert sum(record["closest_centroid"].values()) == pytest.approx(1.0)
         assert set(record["centroid_distance"]) == {str(d) for d in range(10)}
