@@ -45,8 +45,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporters.prometheus import DeadLetterCounts, ProfileCounts, Snapshot
 from exporters.records import SegmentKey, WindowRecord
+from exporters.snapshot import DeadLetterCounts, ProfileCounts, Snapshot
 
 __all__ = ["Accounting"]
 

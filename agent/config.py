@@ -19,11 +19,12 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
-
-import yaml
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from sketches.errors import EmbmonError
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = ["ConfigError", "Settings", "add_settings_flags", "load_settings"]
 
@@ -326,6 +327,8 @@ def load_settings(
     values: dict[str, Any] = {}
     known = {f.name for f in dataclasses.fields(Settings)}
     if path:
+        import yaml  # here: only a config file needs it (~20 ms of every start-up otherwise)
+
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:

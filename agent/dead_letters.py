@@ -64,7 +64,7 @@ from typing import Protocol
 
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from exporters.prometheus import DeadLetterCounts
+from exporters.snapshot import DeadLetterCounts
 
 from .decode import Reject
 from .source import Partition
