@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, cast
 
 from kafka import KafkaProducer
+from kafka.errors import RetriableError
 from prometheus_client import CollectorRegistry
 
 from exporters.http import Health, MetricsServer
@@ -201,7 +202,9 @@ class Agent:
                 log.info("stopped before connecting to Kafka")
                 return 0
             self._source = source
-            finished = self.pipeline.finished if isinstance(self.pipeline, Evaluator) else None
+            finished = None
+            if isinstance(self.pipeline, Evaluator):
+                finished = _RetriedCheck(self.pipeline.finished, "end-offset probe")
             with source:
                 Driver(
                     self.pipeline,
@@ -271,6 +274,48 @@ class Agent:
         if self.dead_letters is None:
             return True
         return self.dead_letters.flush(5.0 if last or self.stop.is_set() else 0.5)
+
+
+class _RetriedCheck:
+    """``check()``, or False while the broker does not answer it: a retriable Kafka error
+    (``KafkaTimeoutError`` from the evaluator's end-offset probe during an outage) is logged
+    and tried again on a later turn, after 1 s, doubling up to 30 s; the loop keeps turning."""
+
+    def __init__(
+        self,
+        check: Callable[[], bool],
+        what: str,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._what = what
+        self._timer = timer
+        self._backoff = _FIRST_RETRY_S
+        self._next_try = float("-inf")
+
+    def __call__(self) -> bool:
+        now = self._timer()
+        if now < self._next_try:
+            return False
+        try:
+            answer = self._check()
+        except RetriableError as exc:
+            log.warning(
+                "%s failed (broker unreachable?), retrying in %.0f s: %s",
+                self._what,
+                self._backoff,
+                exc,
+            )
+            self._next_try = now + self._backoff
+            self._backoff = min(self._backoff * 2, _MAX_RETRY_S)
+            return False
+        self._backoff = _FIRST_RETRY_S
+        return answer
+
+
+_FIRST_RETRY_S = 1.0
+_MAX_RETRY_S = 30.0
 
 
 def _log_closed(record: WindowRecord) -> None:
