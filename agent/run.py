@@ -281,21 +281,14 @@ class _RetriedCheck:
     (``KafkaTimeoutError`` from the evaluator's end-offset probe during an outage) is logged
     and tried again on a later turn, after 1 s, doubling up to 30 s; the loop keeps turning."""
 
-    def __init__(
-        self,
-        check: Callable[[], bool],
-        what: str,
-        *,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, check: Callable[[], bool], what: str) -> None:
         self._check = check
         self._what = what
-        self._timer = timer
         self._backoff = _FIRST_RETRY_S
         self._next_try = float("-inf")
 
     def __call__(self) -> bool:
-        now = self._timer()
+        now = time.monotonic()
         if now < self._next_try:
             return False
         try:
