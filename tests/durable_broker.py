@@ -16,14 +16,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
-__all__ = ["DurableBroker"]
+__all__ = ["DurableBroker", "FirstCallOutage", "down_during_first_call"]
 
 _BUCKET = "tansu"
 _CREDENTIALS = {
@@ -210,3 +212,39 @@ class DurableBroker:
                 continue
             finally:
                 probe.close()
+
+
+@dataclass
+class FirstCallOutage:
+    """What :func:`down_during_first_call`'s wrapper saw: calls made, and how the first ended
+    (``"returned"`` or the exception's type name; None before it)."""
+
+    calls: int = 0
+    first: str | None = None
+
+
+def down_during_first_call(
+    broker: DurableBroker, real: Callable[..., Any]
+) -> tuple[Callable[..., Any], FirstCallOutage]:
+    """``real`` wrapped so that the broker is killed just before its first call and started
+    again once that call returned or raised; later calls pass straight through. Put the
+    wrapper where ``real`` was (an instance attribute, or a class attribute: it is a plain
+    function, so it binds as a method would)."""
+    outage = FirstCallOutage()
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        outage.calls += 1
+        if outage.calls > 1:
+            return real(*args, **kwargs)
+        broker.kill()
+        try:
+            result = real(*args, **kwargs)
+        except BaseException as exc:
+            outage.first = type(exc).__name__
+            raise
+        finally:
+            broker.start()
+        outage.first = "returned"
+        return result
+
+    return wrapper, outage

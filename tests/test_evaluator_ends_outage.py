@@ -15,9 +15,7 @@ the probe can be wrapped) must not raise, and must write every window with every
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,38 +32,11 @@ from tests.agent_scenarios import (
     window_counts,
 )
 from tests.broker import new_topic
-from tests.durable_broker import DurableBroker
+from tests.durable_broker import DurableBroker, down_during_first_call
 
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 2
-
-
-class _BrokerDownDuringFirstProbe:
-    """Wraps ``KafkaSource.end_offsets``: the broker is killed just before the first call and
-    started again once that call returned or raised; later calls pass straight through."""
-
-    def __init__(self, broker: DurableBroker, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        self.first: str | None = None  # "returned" or the exception's type name
-        real: Callable[..., Any] = KafkaSource.end_offsets
-
-        def wrapper(source: KafkaSource, *args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.calls > 1:
-                return real(source, *args, **kwargs)
-            broker.kill()
-            try:
-                result = real(source, *args, **kwargs)
-            except BaseException as exc:
-                self.first = type(exc).__name__
-                raise
-            finally:
-                broker.start()
-            self.first = "returned"
-            return result
-
-        monkeypatch.setattr(KafkaSource, "end_offsets", wrapper)
 
 
 def _agent(bootstrap: str, reference: Path, topic: str, out: Path, *extra: str) -> Agent:
@@ -112,7 +83,8 @@ def test_an_outage_during_the_evaluators_end_offset_probe_costs_nothing(
         assert collector.run() == 0
 
         evaluator = _agent(bootstrap, reference, topic, out, *role, "evaluator")
-        outage = _BrokerDownDuringFirstProbe(broker, monkeypatch)
+        probe, outage = down_during_first_call(broker, KafkaSource.end_offsets)
+        monkeypatch.setattr(KafkaSource, "end_offsets", probe)
         assert evaluator.run() == 0  # must not raise
 
     assert outage.calls >= 2 and outage.first not in (None, "returned"), vars(outage)

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
@@ -29,39 +27,12 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from agent.checkpoint import Checkpoint
 from agent.kafka_source import KafkaSettings, KafkaSource
 from tests.broker import new_topic, produce
-from tests.durable_broker import DurableBroker
+from tests.durable_broker import DurableBroker, down_during_first_call
 
 pytestmark = pytest.mark.kafka
 
 RECORDS = 12  # per partition
 COMMITTED = {0: 4, 1: 7}  # the group's offsets before the member joins
-
-
-class _BrokerDownDuringFirstCall:
-    """Wraps ``consumer.<name>``: the broker is killed just before the first call and started
-    again once that call returned or raised; later calls pass straight through."""
-
-    def __init__(self, broker: DurableBroker, consumer: KafkaConsumer, name: str) -> None:
-        self.calls = 0
-        self.first: str | None = None  # "returned" or the exception's type name
-        real: Callable[..., Any] = getattr(consumer, name)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.calls > 1:
-                return real(*args, **kwargs)
-            broker.kill()
-            try:
-                result = real(*args, **kwargs)
-            except BaseException as exc:
-                self.first = type(exc).__name__
-                raise
-            finally:
-                broker.start()
-            self.first = "returned"
-            return result
-
-        setattr(consumer, name, wrapper)
 
 
 def _commit_for_group(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
@@ -86,7 +57,8 @@ def test_an_outage_while_reading_a_fresh_assignments_commits_costs_nothing(
         _commit_for_group(bootstrap, group, topic, COMMITTED)
 
         with KafkaSource(KafkaSettings(bootstrap, [topic], group)) as source:
-            outage = _BrokerDownDuringFirstCall(broker, source._consumer, "committed")
+            consumer = source._consumer
+            consumer.committed, outage = down_during_first_call(broker, consumer.committed)
             handed: dict[TopicPartition, Checkpoint | None] = {}
             read: list[tuple[int, int]] = []
             want = sorted((p, o) for p, first in COMMITTED.items() for o in range(first, RECORDS))

@@ -99,13 +99,13 @@ class _FakeConsumer:
         return set()
 
     def pause(self, *tps: TopicPartition) -> None:
-        pass
+        """Nothing to pause: the script decides what each poll returns."""
 
     def resume(self, *tps: TopicPartition) -> None:
-        pass
+        """Nothing to resume (see ``pause``)."""
 
     def close(self, autocommit: bool) -> None:
-        pass
+        """Nothing to close: the script holds no connection."""
 
 
 @pytest.fixture
