@@ -13,6 +13,8 @@ Each metric compares one part of a window's profile with the same part of the re
   bandwidth) between the two profiles' samples of PCA coordinates and residual probes
   (:mod:`sketches.mmd`): a test on the joint distribution, for shifts that move few marginals
   or leave the subspace;
+- ``out_of_range`` — the share of events with a coordinate outside the span the training rows
+  cover (:mod:`sketches.ranges`): a broken transform, noise where training was constant;
 - ``doc_length``, ``term_length`` (KS), ``frequent_terms`` (categorical statistic over the top
   terms of both sides plus an "other" bucket) when both sides carry text;
 - ``prediction`` (categorical statistic on the predicted classes) when both carry predictions.
@@ -189,6 +191,8 @@ def drift_scores(
     }
     if sample and len(window.sample) and len(reference.sample):  # older profiles have none
         scores["sample_mmd"] = Score("mmd", sample_mmd(window.sample, reference.sample), n)
+    if window.ranges.dims and reference.ranges.dims:  # nor a range
+        scores["out_of_range"] = Score("share", window.ranges.share(), n)
     docs = window.text.documents
     if docs and reference.text.documents:
         wt, rt = window.text, reference.text

@@ -10,7 +10,9 @@ the parts of each metric that has parts, largest first:
 - ``centroid_shift``: the centroids whose own mean moved most, as each one's share of the
   squared shift (the parts of a window sum to 1);
 - ``prediction`` and ``frequent_terms``: the predicted classes or terms whose share changed
-  most (signed, like ``closest_centroid``).
+  most (signed, like ``closest_centroid``);
+- ``out_of_range``: the embedding coordinates (``dim 0`` is the first) most often outside the
+  training range, as the window's share of events outside minus the reference's.
 
 The other metrics judge one whole distribution (``pca_residual``, ``sample_mmd``,
 ``doc_length``, ``term_length``) and have no parts. Everything is read from the two mergeable
@@ -66,6 +68,8 @@ def contributors(
         )
     if metric == "frequent_terms":
         return _top(_term_change(window, reference), limit)
+    if metric == "out_of_range":
+        return _top(_range_change(window, reference), limit)
     return ()
 
 
@@ -116,3 +120,13 @@ def _term_change(window: WindowProfile, reference: WindowProfile) -> dict[str, f
         key: float(w.estimate(key)) / w.total_weight - float(r.estimate(key)) / r.total_weight
         for key in keys
     }
+
+
+def _range_change(window: WindowProfile, reference: WindowProfile) -> dict[str, float]:
+    """Per coordinate, the window's share of events outside the range minus the reference's."""
+    w, r = window.ranges, reference.ranges
+    if not w.rows or not r.rows or w.dims != r.dims:
+        return {}
+    change = w.per_coordinate / w.rows - r.per_coordinate / r.rows
+    moved = np.flatnonzero(change)
+    return {f"dim {j}": float(change[j]) for j in moved}

@@ -8,7 +8,9 @@ new kind of input arrives). A few fixed random *probes* of that residual (direct
 orthogonal to the subspace) keep where it points, not only how long it is: a new language in
 sentence embeddings moves mostly off the subspace of the reference's own variation (on e5 chat
 embeddings, 85 % of the gap between Portuguese and English lies there), and the coordinate
-sample (:mod:`sketches.sample`) needs those directions to see it.
+sample (:mod:`sketches.sample`) needs those directions to see it. The span of each
+coordinate over the fitted rows (its min and max) marks which events left the training range
+(:mod:`sketches.ranges`).
 
 A :class:`SpaceFit` is the recipe of a space (method, components, distance); fitting it is
 the only place scikit-learn is imported, so loading a saved reference never imports it.
@@ -35,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ReferenceError_
+from .ranges import outside_range
 
 __all__ = [
     "DEFAULT_PROBES",
@@ -67,6 +70,7 @@ class EmbeddingFeatures:
     coords: F32  # (n, components): coordinates in the reference PCA subspace
     residual: F32  # (n,): norm of the part off that subspace
     probed: F32  # (n, probes): that part along the space's residual probes
+    outside: npt.NDArray[np.bool_]  # (n, d), or (n, 0) without a range: out of the training range
 
     def __len__(self) -> int:
         return int(self.closest.shape[0])
@@ -78,6 +82,7 @@ class EmbeddingFeatures:
             self.coords[rows],
             self.residual[rows],
             self.probed[rows],
+            self.outside[rows],
         )
 
     def sample_rows(self) -> F32:
@@ -89,8 +94,9 @@ class EmbeddingFeatures:
 
 @dataclass(frozen=True)
 class EmbeddingSpace:
-    """Centroids (with names), the distance to them, the PCA subspace of the reference, and
-    the residual probes (none in references built before they existed)."""
+    """Centroids (with names), the distance to them, the PCA subspace of the reference, the
+    residual probes and the training range per coordinate (neither in references built before
+    they existed)."""
 
     centroids: F32  # (C, d)
     labels: tuple[str, ...]
@@ -98,6 +104,8 @@ class EmbeddingSpace:
     mean: F32  # (d,)
     components: F32  # (k, d), orthonormal rows
     probes: F32 | None = None  # (p, d), rows orthogonal to the components
+    low: F32 | None = None  # (d,): each coordinate's minimum over the fitted rows
+    high: F32 | None = None  # (d,): and its maximum
 
     def __post_init__(self) -> None:
         if self.centroids.ndim != 2 or len(self.labels) != self.centroids.shape[0]:
@@ -106,6 +114,10 @@ class EmbeddingSpace:
             raise ReferenceError_("PCA mean/components do not match the centroid dimension")
         if self.probes is not None and (self.probes.ndim != 2 or self.probes.shape[1] != self.dim):
             raise ReferenceError_("residual probes do not match the centroid dimension")
+        if (self.low is None) != (self.high is None) or any(
+            bound is not None and bound.shape != (self.dim,) for bound in (self.low, self.high)
+        ):
+            raise ReferenceError_("the training range needs a low and a high bound per dimension")
         if self.distance not in ("cosine", "euclidean"):
             raise ReferenceError_(f"unknown distance {self.distance!r}; use cosine or euclidean")
 
@@ -121,6 +133,11 @@ class EmbeddingSpace:
     def n_probes(self) -> int:
         return 0 if self.probes is None else int(self.probes.shape[0])
 
+    @property
+    def range_dims(self) -> int:
+        """Coordinates whose training range is checked: all of them, or 0 without a range."""
+        return 0 if self.low is None else self.dim
+
     @functools.cached_property
     def _basis(self) -> F32:
         """Components then probes: one matrix product gives both (frozen, so computed once)."""
@@ -131,7 +148,8 @@ class EmbeddingSpace:
     def features(
         self, vectors: F32, probe_rows: npt.NDArray[np.intp] | None = None
     ) -> EmbeddingFeatures:
-        """Distances, closest centroid, PCA coordinates, residual and probes of each row.
+        """Distances, closest centroid, PCA coordinates, residual, probes and out-of-range
+        coordinates of each row.
 
         ``probe_rows`` limits the probes to those rows (the others' are 0): only rows that
         can enter a full coordinate sample need them, a few per thousand events.
@@ -164,8 +182,12 @@ class EmbeddingSpace:
                     probed[probe_rows] = centred[probe_rows] @ self.probes.T
             off = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", coords, coords)
             residual = np.sqrt(np.maximum(off, 0.0)).astype(np.float32)
+            if self.low is None or self.high is None:
+                outside = np.zeros((x.shape[0], 0), dtype=np.bool_)
+            else:
+                outside = outside_range(x, self.low, self.high)
         closest = np.argmin(distances, axis=1).astype(np.intp)
-        return EmbeddingFeatures(distances, closest, coords, residual, probed)
+        return EmbeddingFeatures(distances, closest, coords, residual, probed, outside)
 
 
 def residual_probes(components: F32, count: int, seed: int = 0) -> F32 | None:
@@ -290,7 +312,10 @@ class SpaceFit:
         mean, components = fit_pca(vectors, self.components, self.seed)
         centroids = self._centroids(vectors, labels, mean, components, like)
         probes = residual_probes(components, self.probes, self.seed)
-        return EmbeddingSpace(centroids, self.names, self.distance, mean, components, probes)
+        low, high = vectors.min(axis=0), vectors.max(axis=0)
+        return EmbeddingSpace(
+            centroids, self.names, self.distance, mean, components, probes, low, high
+        )
 
     def _centroids(
         self,
@@ -341,6 +366,7 @@ def cross_fitted_features(
     of its projection expressed in ``space``'s basis, so that they sum with live windows'.
     The probes are the fold space's own (the same random directions, made orthogonal to the
     fold's subspace): they read the residual a new row leaves, as the residual norm does.
+    So is the range: a row is checked against the span of the other folds' rows.
     """
     n = vectors.shape[0]
     distances = np.empty((n, len(space.labels)), dtype=np.float32)
@@ -348,13 +374,15 @@ def cross_fitted_features(
     coords = np.empty((n, space.n_components), dtype=np.float32)
     residual = np.empty(n, dtype=np.float32)
     probed = np.empty((n, space.n_probes), dtype=np.float32)
+    outside = np.empty((n, space.range_dims), dtype=np.bool_)
     for fold in np.unique(folds):
         out = folds == fold
         fold_space = recipe.fit(vectors[~out], None if labels is None else labels[~out], like=space)
         seen = fold_space.features(vectors[out])
         distances[out], closest[out], residual[out] = seen.distances, seen.closest, seen.residual
         coords[out], probed[out] = _in_basis(seen.coords, fold_space, space), seen.probed
-    return EmbeddingFeatures(distances, closest, coords, residual, probed)
+        outside[out] = seen.outside
+    return EmbeddingFeatures(distances, closest, coords, residual, probed, outside)
 
 
 def _in_basis(coords: F32, source: EmbeddingSpace, target: EmbeddingSpace) -> F32:

@@ -4,8 +4,8 @@ A profile is bound to one reference (its version travels with the bytes): distan
 event to each reference centroid (one KLL per centroid), the closest centroid (exact counts),
 the window's own centroids in the reference PCA subspace (exact sums), the residual off that
 subspace (KLL), a bounded uniform sample of the events' PCA coordinates and residual probes
-(bottom-k on a hash of each row, :mod:`sketches.sample`), text statistics, the confusion
-matrix and the prediction mix. Merging the profiles of a split stream gives the profile of
+(bottom-k on a hash of each row, :mod:`sketches.sample`), the events outside the training
+range (:mod:`sketches.ranges`), text statistics, the confusion matrix and the prediction mix. Merging the profiles of a split stream gives the profile of
 the whole stream: exactly for counts, sums and the sample (up to the last bits of
 coordinates BLAS computed in batches of other shapes), within the KLL / frequent-items
 bounds for quantiles and term counts.
@@ -35,6 +35,7 @@ from .counts import CategoryCounts, ConfusionMatrix
 from .errors import IncompatibleSketchError
 from .geometry import EmbeddingFeatures, EmbeddingSpace
 from .quantiles import QuantileSketch
+from .ranges import RangeCounts
 from .sample import DEFAULT_CAPACITY, CoordinateSample, row_keys
 from .serial import pack, reading, unpack
 from .shift import CentroidSums
@@ -55,6 +56,7 @@ class WindowProfile:
         "distances",
         "invalid",
         "predictions",
+        "ranges",
         "reference_version",
         "residual",
         "sample",
@@ -69,6 +71,7 @@ class WindowProfile:
         reference_version: str,
         sample_capacity: int = DEFAULT_CAPACITY,
         probes: int = 0,
+        range_dims: int = 0,
     ):
         self._space: EmbeddingSpace | None = None
         self.centroid_labels = centroid_labels
@@ -80,6 +83,7 @@ class WindowProfile:
         self.shift = CentroidSums(len(centroid_labels), components)
         self.residual = QuantileSketch(1)
         self.sample = CoordinateSample(components + probes, sample_capacity)
+        self.ranges = RangeCounts(range_dims)
         self.text = TextSketch()
         self.confusion = ConfusionMatrix()
         self.predictions = CategoryCounts()
@@ -90,7 +94,12 @@ class WindowProfile:
     ) -> WindowProfile:
         """The identity for ``merge``, able to ``update`` from raw embeddings of ``space``."""
         profile = cls(
-            space.labels, space.n_components, reference_version, sample_capacity, space.n_probes
+            space.labels,
+            space.n_components,
+            reference_version,
+            sample_capacity,
+            space.n_probes,
+            space.range_dims,
         )
         profile._space = space
         return profile
@@ -157,6 +166,7 @@ class WindowProfile:
         self.shift.update(features.closest, features.coords)
         self.residual.update(features.residual)
         self.sample.update(keys, features.sample_rows())
+        self.ranges.update(features.outside)
         if text is not None:
             self.text.update_features(text)
         if predictions is not None:
@@ -182,6 +192,7 @@ class WindowProfile:
         merged.shift = self.shift.merge(other.shift)
         merged.residual = self.residual.merge(other.residual)
         merged.sample = self.sample.merge(other.sample)
+        merged.ranges = self.ranges.merge(other.ranges)
         merged.text = self.text.merge(other.text)
         merged.confusion = self.confusion.merge(other.confusion)
         merged.predictions = self.predictions.merge(other.predictions)
@@ -213,6 +224,7 @@ class WindowProfile:
             self.confusion.to_bytes(),
             self.predictions.to_bytes(),
             self.sample.to_bytes(),
+            self.ranges.to_bytes(),
         ]
         return pack("window_profile", header, parts)
 
@@ -221,7 +233,7 @@ class WindowProfile:
         """Read a profile; pass the reference's space to be able to ``update`` it further."""
         with reading("window_profile"):
             header, blobs = unpack(data, "window_profile")
-            distances, closest, shift, residual, text, confusion, predictions, *sample = blobs
+            distances, closest, shift, residual, text, confusion, predictions, *rest = blobs
             profile = cls(
                 tuple(header["labels"]), int(header["components"]), str(header["reference"])
             )
@@ -235,9 +247,13 @@ class WindowProfile:
             profile.text = TextSketch.from_bytes(text)
             profile.confusion = ConfusionMatrix.from_bytes(confusion)
             profile.predictions = CategoryCounts.from_bytes(predictions)
-            if sample:  # profiles written before the sample existed have none: an empty one
-                (sample_bytes,) = sample
-                profile.sample = CoordinateSample.from_bytes(sample_bytes)
+            # profiles written before the sample or the range existed lack them: empty ones
+            if len(rest) > 2:
+                raise ValueError(f"{len(blobs)} parts, at most 9 expected")
+            if rest:
+                profile.sample = CoordinateSample.from_bytes(rest[0])
+            if len(rest) == 2:
+                profile.ranges = RangeCounts.from_bytes(rest[1])
             return profile
 
     def __eq__(self, other: object) -> bool:

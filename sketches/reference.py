@@ -1,9 +1,9 @@
 """Reference: what "normal" looks like, built once from training data, loaded by every agent.
 
-A reference holds the embedding space (centroids with names, distance, PCA subspace), the
-profile of reference traffic, and drift thresholds calibrated for every window size (see
-:mod:`sketches.calibration`). Its version is a content hash, so windows always say which
-reference judged them.
+A reference holds the embedding space (centroids with names, distance, PCA subspace, residual
+probes, each coordinate's training range), the profile of reference traffic, and drift
+thresholds calibrated for every window size (see :mod:`sketches.calibration`). Its version is
+a content hash, so windows always say which reference judged them.
 
 The space is fitted on *all* the training rows given, so ``pca-centroids`` gives whylogs'
 ``PCACentroidsSelector`` centroids for the same input. The profile and the thresholds come
@@ -163,6 +163,7 @@ class Reference:
                     arrays["components"],
                 )
                 probes = arrays["probes"] if "probes" in arrays.files else None
+                low, high = (arrays[k] if k in arrays.files else None for k in ("low", "high"))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise FormatError(f"{src}/reference.json is not an {FORMAT} file")
             space = EmbeddingSpace(
@@ -172,6 +173,8 @@ class Reference:
                 mean=mean,
                 components=components,
                 probes=probes,
+                low=low,
+                high=high,
             )
             calibration = Calibration.from_dict(meta["calibration"])
             version = _content_hash(space, calibration, meta["statistic"], profile_bytes)
@@ -205,6 +208,8 @@ def _arrays_bytes(space: EmbeddingSpace) -> bytes:
     arrays = {"centroids": space.centroids, "mean": space.mean, "components": space.components}
     if space.probes is not None:
         arrays["probes"] = space.probes
+    if space.low is not None and space.high is not None:
+        arrays["low"], arrays["high"] = space.low, space.high
     np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
@@ -213,8 +218,9 @@ def _content_hash(
     space: EmbeddingSpace, calibration: Calibration, statistic: str, profile_body: bytes
 ) -> str:
     digest = hashlib.sha256()
-    arrays = (space.centroids, space.mean, space.components)
-    for array in arrays if space.probes is None else (*arrays, space.probes):
+    arrays = [space.centroids, space.mean, space.components]
+    arrays += [a for a in (space.probes, space.low, space.high) if a is not None]
+    for array in arrays:
         digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     digest.update(orjson.dumps([list(space.labels), space.distance, statistic]))
     digest.update(orjson.dumps(calibration.to_dict(), option=orjson.OPT_SORT_KEYS))

@@ -141,8 +141,8 @@ def _corrupt(kind: str, apply: bool = True) -> Day:
 
 CORRUPTIONS = {
     # kind: metrics that must fire on every corrupted day
-    "noise": {"centroid_distance", "pca_residual"},
-    "scaled": {"pca_residual", "centroid_shift"},
+    "noise": {"centroid_distance", "pca_residual", "out_of_range"},
+    "scaled": {"pca_residual", "centroid_shift", "out_of_range"},
     "zeroed": {"centroid_distance", "pca_residual", "centroid_shift"},
 }
 
@@ -246,11 +246,11 @@ def test_an_unseen_class_near_existing_centroids_is_flagged_by_the_sample(
 NOISY_EVENTS = 1000
 
 
-def _low_noise(rng: np.random.Generator, day: int) -> F32:
+def _low_noise(rng: np.random.Generator, day: int, events: int = NOISY_EVENTS) -> F32:
     d = digits()
-    x = np.asarray(d.x[rng.choice(d.test, NOISY_EVENTS, replace=True)], dtype=np.float32)
+    x = np.asarray(d.x[rng.choice(d.test, events, replace=True)], dtype=np.float32)
     if day >= 5:
-        hit = rng.random(NOISY_EVENTS) < 0.5
+        hit = rng.random(events) < 0.5
         noise = rng.normal(0.0, 1.0, size=(int(hit.sum()), x.shape[1]))
         x[hit] += noise.astype(np.float32)
     return x
@@ -266,6 +266,27 @@ def test_low_level_noise_on_half_the_window_is_flagged_by_the_residual(cosine: R
     assert _flagged(verdicts) == [5, 6, 7], report
     for day in (5, 6, 7):
         assert verdicts[day]["pca_residual"].drifted, report
+
+
+SMALL_NOISY_EVENTS = 100
+
+
+def test_low_level_noise_in_windows_of_100_is_flagged_out_of_range(cosine: Reference) -> None:
+    """The same noise, 100 events a day: too few for the residual, but every noisy event has
+    some pixel below 0 or above the most ink training ever had there."""
+    rng = np.random.default_rng(17)
+    verdicts = [
+        evaluate(
+            profile_window(cosine, _low_noise(rng, i, SMALL_NOISY_EVENTS), timestamp=T0 + i * DAY),
+            cosine,
+        )
+        for i in range(DAYS)
+    ]
+    report = _report(verdicts)
+    assert _flagged(verdicts) == [5, 6, 7], report
+    for day in (5, 6, 7):
+        assert verdicts[day]["out_of_range"].drifted, report
+        assert verdicts[day]["out_of_range"].contributors, report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +309,7 @@ def test_a_window_too_small_to_judge_is_not_drifted(cosine: Reference) -> None:
         "pca_residual",
         "centroid_shift",
         "sample_mmd",
+        "out_of_range",
     }
 
 

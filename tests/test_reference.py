@@ -91,7 +91,11 @@ def test_build_with_each_method_and_distance(method: Method, distance: Distance)
         "pca_residual",
         "centroid_shift",
         "sample_mmd",
+        "out_of_range",
     }
+    # the training range is the span of the rows the space was fitted on
+    assert np.array_equal(ref.space.low, d.x.min(axis=0))
+    assert np.array_equal(ref.space.high, d.x.max(axis=0))
     assert ref.classification_f1 is None  # no predictions/targets given
 
 

@@ -39,6 +39,7 @@ from sketches.frequent import DistinctCount, FrequentItems
 from sketches.geometry import EmbeddingSpace
 from sketches.profile import WindowProfile
 from sketches.quantiles import QuantileSketch
+from sketches.ranges import RangeCounts, outside_range
 from sketches.sample import CoordinateSample, row_keys
 from sketches.serial import FORMAT_VERSION
 from sketches.shift import CentroidSums
@@ -137,6 +138,18 @@ COORDS = st.one_of(
     _seeded(_bulk_coords, 2000),
 )
 
+RANGE_DIMS = 3
+
+
+def _bulk_outside(rng: np.random.Generator, n: int) -> Events:
+    rows: Events = (rng.random((n, RANGE_DIMS)) < rng.random(RANGE_DIMS)).tolist()
+    return rows
+
+
+OUTSIDE = st.one_of(
+    st.lists(st.lists(st.booleans(), min_size=RANGE_DIMS, max_size=RANGE_DIMS), max_size=30),
+    _seeded(_bulk_outside, 3000),
+)
 SAMPLE_CAPACITY = 16  # small, so that most streams overflow it
 
 
@@ -194,6 +207,8 @@ SPACE = EmbeddingSpace(
     mean=np.array([1, 0, -1, 0], dtype=np.float32),
     components=np.eye(DIM, dtype=np.float32)[:2],
     probes=np.array([[0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 1, -1]], dtype=np.float32),
+    low=np.array([-4, -6, -5, -6], dtype=np.float32),
+    high=np.array([4, 6, 5, 6], dtype=np.float32),
 )
 VERSION = "sha256:test"
 
@@ -290,6 +305,14 @@ def _feed_sample(sketch: CoordinateSample, events: Events) -> None:
     sketch.update(row_keys(rows), rows)
 
 
+def _outside(events: Events) -> np.ndarray:
+    return np.asarray(events, dtype=np.bool_).reshape(-1, RANGE_DIMS)
+
+
+def _feed_ranges(sketch: RangeCounts, events: Events) -> None:
+    sketch.update(_outside(events))
+
+
 def _feed_text(sketch: TextSketch, events: Events) -> None:
     sketch.update(events)
 
@@ -381,6 +404,16 @@ def _check_sample(sketch: CoordinateSample, events: Events) -> None:
     _check_sample_of(sketch, row_keys(rows), rows)
 
 
+def _check_ranges_of(sketch: RangeCounts, outside: np.ndarray) -> None:
+    assert sketch.rows == outside.shape[0]
+    assert sketch.outside == int(outside.any(axis=1).sum())
+    assert sketch.per_coordinate.tolist() == outside.sum(axis=0).tolist()
+
+
+def _check_ranges(sketch: RangeCounts, events: Events) -> None:
+    _check_ranges_of(sketch, _outside(events))
+
+
 def _check_text(sketch: TextSketch, events: Events) -> None:
     docs = [doc for doc in events if doc is not None]
     tokens = [token for doc in docs for token in doc]
@@ -414,6 +447,8 @@ def _check_profile(sketch: WindowProfile, events: Events) -> None:
         ],
     )
     _check_sample_of(sketch.sample, row_keys(vectors[finite]), features.sample_rows())
+    assert SPACE.low is not None and SPACE.high is not None
+    _check_ranges_of(sketch.ranges, outside_range(vectors[finite], SPACE.low, SPACE.high))
     _check_text(sketch.text, [e.tokens for e in kept])
     _check_category(sketch.predictions, [e.prediction for e in kept if e.prediction is not None])
     _check_confusion(sketch.confusion, [(e.target, e.prediction) for e in kept])
@@ -452,6 +487,10 @@ def _sample_readout(sketch: CoordinateSample) -> tuple[Any, ...]:
     return sketch.capacity, sketch.keys.tolist(), sketch.counts.tolist(), sketch.coords.tolist()
 
 
+def _ranges_readout(sketch: RangeCounts) -> tuple[Any, ...]:
+    return sketch.rows, sketch.outside, sketch.share(), sketch.per_coordinate.tolist()
+
+
 def _text_readout(sketch: TextSketch) -> tuple[Any, ...]:
     return (
         sketch.documents,
@@ -473,6 +512,7 @@ def _profile_readout(sketch: WindowProfile) -> tuple[Any, ...]:
         _shift_readout(sketch.shift),
         _quantile_readout(sketch.residual),
         _sample_readout(sketch.sample),
+        _ranges_readout(sketch.ranges),
         _text_readout(sketch.text),
         _confusion_readout(sketch.confusion),
         _category_readout(sketch.predictions),
@@ -530,6 +570,7 @@ INCOMPATIBLE: dict[str, list[Callable[[], tuple[Any, Any]]]] = {
     # A TextSketch takes no parameters; one whose parts were made with other parameters (as
     # a different embmon build would write them) must still refuse to merge.
     "CoordinateSample": [lambda: (CoordinateSample(2), CoordinateSample(3))],
+    "RangeCounts": [lambda: (RangeCounts(3), RangeCounts(4))],
     "TextSketch": [
         lambda: (TextSketch(), _text_with(terms=FrequentItems(8))),
         lambda: (TextSketch(), _text_with(distinct=DistinctCount(10))),
@@ -584,6 +625,8 @@ KINDS = [
     Kind("CoordinateSample", CoordinateSample,
          lambda: CoordinateSample(COMPONENTS, SAMPLE_CAPACITY), SAMPLE_ROWS,
          _feed_sample, _check_sample, _sample_readout, _same_by_equality),
+    Kind("RangeCounts", RangeCounts, lambda: RangeCounts(RANGE_DIMS), OUTSIDE,
+         _feed_ranges, _check_ranges, _ranges_readout, _same_by_equality),
     Kind("TextSketch", TextSketch, TextSketch, DOCS,
          _feed_text, _check_text, _text_readout, None),
     Kind("WindowProfile", WindowProfile, _empty_profile, PROFILE_EVENTS,
@@ -615,6 +658,7 @@ def test_the_registry_covers_every_sketch_type() -> None:
         DistinctCount,
         CentroidSums,
         CoordinateSample,
+        RangeCounts,
         TextSketch,
         WindowProfile,
     }
@@ -793,6 +837,7 @@ def _sample(kind: Kind) -> Any:
         "DistinctCount": lambda r: _bulk_distinct(r, 300),
         "CentroidSums": lambda r: _bulk_coords(r, 50),
         "CoordinateSample": lambda r: _bulk_sample_rows(r, 40),
+        "RangeCounts": lambda r: _bulk_outside(r, 50),
         "TextSketch": lambda r: _bulk_docs(r, 60),
         "WindowProfile": lambda r: _bulk_events(r, 80),
     }
