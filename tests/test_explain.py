@@ -9,6 +9,8 @@ the end-to-end alerting test reads them in the delivered alert's description.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp
@@ -84,6 +86,24 @@ def test_prediction_and_term_parts_are_share_changes() -> None:
     assert contributors("prediction", window, reference) == (("x", 0.4), ("y", -0.4))
     for metric in ("pca_residual", "sample_mmd", "doc_length", "term_length"):
         assert contributors(metric, window, reference) == ()
+
+
+def test_out_of_range_parts_are_each_coordinates_share_change() -> None:
+    training = _rows([50] * 4, 12)
+    low, high = training.min(axis=0), training.max(axis=0)
+    space = dataclasses.replace(SPACE, low=low, high=high)
+    clean, broken = _rows([50] * 4, 13), _rows([50] * 4, 14)
+    broken[:80, 7] = 1e3  # a transform broke coordinate 7 of 40 % of the events
+    reference, window = WindowProfile.empty(space, "v"), WindowProfile.empty(space, "v")
+    reference.update(EventBatch.from_vectors(clean))
+    window.update(EventBatch.from_vectors(broken))
+    outside_r, outside_w = ((x < low) | (x > high) for x in (clean, broken))
+    truth = outside_w.mean(axis=0) - outside_r.mean(axis=0)
+    parts = contributors("out_of_range", window, reference)
+    assert parts[0][0] == "dim 7" and truth[7] > 0.39
+    for part, value in parts:
+        assert value == pytest.approx(truth[int(part.removeprefix("dim "))], abs=1e-12)
+    assert window.ranges.share() == pytest.approx(outside_w.any(axis=1).mean(), abs=1e-12)
 
 
 def test_a_merged_window_is_explained_as_the_one_pass_window() -> None:
