@@ -27,11 +27,14 @@ from 564 rows holds each about twice), and a resampled population adds its own d
 their MMD scores spread several times wider than a fresh window's (on e5 chat embeddings,
 clean windows of 1,000 scored at -0.8 to -0.4 of a bootstrap threshold). :func:`split_null`
 is a permutation test's null instead: the reference sample's rows and held-out rows are one
-pool of exchangeable rows (all scored out of fold), split at random into a pseudo-reference of
-the reference sample's size and a window of distinct rows, as a window's sample holds them.
+pool of exchangeable rows (all scored out of fold), split at random into a pseudo-reference
+and a window of distinct rows, as a window's sample holds them. A built reference's sample
+holds its held-out rows too (:mod:`sketches.reference`), so the live test compares a window
+with every reference row, and the null's pseudo-reference is what the pool leaves beside the
+window: a little smaller, so a little wider (conservative).
 
-Cost: one ``m x r`` and one ``m x m`` kernel matrix (``m``, ``r`` the sample sizes), one to two
-milliseconds at 512 x 540; the reference's own term and bandwidth are computed once and kept
+Cost: one ``m x r`` and one ``m x m`` kernel matrix (``m``, ``r`` the sample sizes), a few
+milliseconds at 512 x 1,129; the reference's own term and bandwidth are computed once and kept
 in its sample's memo.
 
 >>> import numpy as np
@@ -58,7 +61,7 @@ from .sample import CoordinateSample
 
 __all__ = ["sample_mmd", "split_null"]
 
-POOL_HOLDOUT_ROWS = 2048  # held-out rows in split_null's pool at most: its kernel is pool^2
+POOL_HOLDOUT_ROWS = 1024  # held-out rows in split_null's pool at most: its kernel is pool^2
 
 F32 = npt.NDArray[np.float32]
 
@@ -118,10 +121,12 @@ def split_null(
     ``window_rows`` distinct rows, from random splits of the pool of reference and held-out
     rows; None when the pool is too small to split.
 
-    Rows are distinct by their sample priority (held-out rows equal to a reference row join
-    once) and weigh one each. A split needs the pseudo-reference's rows plus the window's, so
-    a window larger than what the pool leaves is drawn smaller (a wider, conservative null).
-    Each round is two weight vectors over the pool's kernel: all rounds are two matrix products.
+    Rows are distinct by their sample priority (held-out rows already in the reference sample,
+    as a built reference's are, join once) and weigh one each. A split needs the
+    pseudo-reference's rows plus the window's: the pseudo-reference takes the reference
+    sample's size if the pool leaves that many beside the window, and fewer otherwise (a
+    wider, conservative null: the live test compares with the full reference sample). Each
+    round is two weight vectors over the pool's kernel: all rounds are two matrix products.
 
     >>> from sketches.sample import row_keys
     >>> rng = np.random.default_rng(0)
@@ -141,7 +146,8 @@ def split_null(
         if len(extra) > POOL_HOLDOUT_ROWS:
             extra = extra[rng.choice(len(extra), POOL_HOLDOUT_ROWS, replace=False)]
         pool = np.concatenate([reference.coords, extra])
-        m, w = len(reference), min(window_rows, len(extra))
+        w = min(window_rows, len(pool) // 2)
+        m = min(len(reference), len(pool) - w)
         if m < 2 or w < 2:
             return None
         order = np.argsort(rng.random((rounds, len(pool))), axis=1)

@@ -48,7 +48,7 @@ from .serial import pack, reading, unpack
 __all__ = ["DEFAULT_CAPACITY", "REFERENCE_CAPACITY", "CoordinateSample", "row_keys"]
 
 DEFAULT_CAPACITY = 512
-REFERENCE_CAPACITY = 1024  # a reference profile keeps more rows: its sample is the test's baseline
+REFERENCE_CAPACITY = 2048  # a reference keeps more rows: its sample is the kernel test's baseline
 Keys = npt.NDArray[np.uint64]
 F32 = npt.NDArray[np.float32]
 

@@ -24,6 +24,7 @@ from sketches.errors import EmbmonError, FormatError, ReferenceError_
 from sketches.geometry import Distance, SpaceFit, cross_fitted_features
 from sketches.profile import WindowProfile
 from sketches.reference import METHODS, Method, Reference, build_reference
+from sketches.sample import REFERENCE_CAPACITY
 from tests.sketch_helpers import digits
 
 QUICK: dict[str, Any] = {"rounds": 30, "sizes": (10, 100), "alpha": 0.05}
@@ -82,6 +83,8 @@ def test_build_with_each_method_and_distance(method: Method, distance: Distance)
     assert rows["fit"] == rows["profile"] + rows["holdout"] == d.x.shape[0]
     assert rows["folds"] == 5
     assert ref.profile.count == rows["profile"]
+    # the kernel test's baseline holds every row, held-out ones too (distinct rows, one each)
+    assert len(ref.profile.sample) == len(np.unique(d.x, axis=0)) <= REFERENCE_CAPACITY
     assert ref.profile.reference_version == ref.version
     assert ref.calibration.sizes == (10, 100)
     assert ref.calibration.rows == rows["holdout"]
