@@ -11,9 +11,9 @@ metric) with probability at most ``alpha``, whatever its event count. The method
 2. For each window size ``n`` of a geometric grid (10 … 10,000 by default) draw ``rounds``
    clean windows (four times as many up to 100 events) by a two-stage bootstrap: first
    resample the held-out rows (a plausible other draw of "the reference distribution"), then
-   draw ``n`` rows from that resample. The first
-   stage makes thresholds cover the held-out set's own sampling error, which dominates for
-   large windows; a plain bootstrap would be too tight there.
+   draw ``n`` rows from that resample. The first stage makes thresholds cover the held-out
+   set's own sampling error, which dominates for large windows; a plain bootstrap would be
+   too tight there.
 3. Build each window's profile with the same sketches the live agent uses and score it against
    the reference profile with every metric but ``sample_mmd``. That one's null is drawn
    apart, as a permutation test's (:func:`sketches.mmd.split_null`: random splits of the
@@ -23,13 +23,13 @@ metric) with probability at most ``alpha``, whatever its event count. The method
 4. Family-wise level, split in two (a weighted Bonferroni): ``sample_mmd``, the one test of
    the whole joint distribution, gets ``MMD_SHARE`` of ``alpha`` (its threshold is the upper
    ``MMD_SHARE * alpha``-quantile of ``4 * rounds`` null scores, so that quantile lies
-   between several of them); the other metrics share
-   the rest jointly: the largest per-metric tail probability ``beta`` such that the share of
-   bootstrap windows in which *any* of them exceeds its upper ``beta``-quantile stays within
-   it. Correlated metrics thus get looser thresholds than Bonferroni's. On the detection
-   benchmark (``bench/detection.py``) half of alpha for the kernel test caught more windows
-   of a new language and of an unseen class than one level for every metric did, and the
-   class-mix shifts that ``closest_centroid`` alone sees stayed ahead of alibi-detect's.
+   between several of them); the other metrics share the rest jointly: the largest
+   per-metric tail probability ``beta`` such that the share of bootstrap windows in which
+   *any* of them exceeds its upper ``beta``-quantile stays within it. Correlated metrics thus
+   get looser thresholds than Bonferroni's. On the detection benchmark
+   (``bench/detection.py``) half of alpha for the kernel test caught more windows of a new
+   language and of an unseen class than one level for every metric did, and the class-mix
+   shift that only ``closest_centroid`` sees still kept up with alibi-detect's MMD.
 5. Across sizes thresholds are made non-increasing in ``n`` (a running maximum from the
    largest size down, which only ever raises a threshold), interpolated linearly in ``log n``
    between grid sizes, and held at the largest size's value beyond it (conservative: null

@@ -5,10 +5,10 @@ event to each reference centroid (one KLL per centroid), the closest centroid (e
 the window's own centroids in the reference PCA subspace (exact sums), the residual off that
 subspace (KLL), a bounded uniform sample of the events' PCA coordinates and residual probes
 (bottom-k on a hash of each row, :mod:`sketches.sample`), the events outside the training
-range (:mod:`sketches.ranges`), text statistics, the confusion matrix and the prediction mix. Merging the profiles of a split stream gives the profile of
-the whole stream: exactly for counts, sums and the sample (up to the last bits of
-coordinates BLAS computed in batches of other shapes), within the KLL / frequent-items
-bounds for quantiles and term counts.
+range (:mod:`sketches.ranges`), text statistics, the confusion matrix and the prediction mix.
+Merging the profiles of a split stream gives the profile of the whole stream: exactly for
+counts, sums and the sample (up to the last bits of coordinates BLAS computed in batches of
+other shapes), within the KLL / frequent-items bounds for quantiles and term counts.
 
 >>> import numpy as np
 >>> from sketches.batch import EventBatch

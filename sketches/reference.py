@@ -252,8 +252,8 @@ def _profile(
     (up to ``REFERENCE_CAPACITY``), held-out ones too: the calibration draws that test's null
     from splits of the same rows (:func:`sketches.mmd.split_null`), and the larger the
     baseline, the smaller the differences the test can tell from chance. On the detection
-    benchmark's text reference (1,129 rows) that took 15 % Portuguese at n = 300 from 19 to
-    20 of 20 windows and 15 % Italian at n = 100 from 2 to 3 and 6.
+    benchmark's text reference (1,129 rows) that took 15 % Portuguese at n = 300 to 20 of 20
+    windows on both seeds (19 and 20 before) and 15 % Italian at n = 100 from 2 to 3 and 6.
     """
     part = batch.take(rows)
     profile = WindowProfile.empty(space, "", REFERENCE_CAPACITY)
