@@ -6,6 +6,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +76,35 @@ class Digits:
     y: npt.NDArray[np.str_]
     build: Rows  # rows a reference may be built from
     test: Rows  # rows no reference ever sees: stand-ins for production traffic
+
+
+CHAT = Path(__file__).resolve().parent / "data" / "chat_e5.npz"
+
+
+class Chat:
+    """``tests/data/chat_e5.npz``: chat lines (``bench/text_embeddings.py``), their e5
+    embeddings, language and topic (the corpus file); the English lines split once, 60 % to
+    build references, 40 % (``test``) the only English any window draws from."""
+
+    def __init__(self, path: Path = CHAT) -> None:
+        with np.load(path) as f:
+            self.x: F32 = np.ascontiguousarray(f["embeddings"], dtype=np.float32)
+            self.language: npt.NDArray[np.str_] = f["language"]
+            self.topic: npt.NDArray[np.str_] = f["source"]
+            self.sentences: npt.NDArray[np.str_] = f["sentences"]
+        english = np.flatnonzero(self.language == "en")
+        shuffled = np.random.default_rng(0).permutation(english)
+        held_out = round(0.4 * english.size)
+        self.test: Rows = np.sort(shuffled[:held_out])
+        self.build: Rows = np.sort(shuffled[held_out:])
+
+    def pool(self, language: str) -> Rows:
+        return np.flatnonzero(self.language == language)
+
+
+@functools.cache
+def chat() -> Chat:
+    return Chat()
 
 
 @functools.cache

@@ -25,8 +25,6 @@ Caught on most days but not all, so not asserted: 15 % Italian at n = 300, 34 of
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +34,8 @@ import pytest
 from sketches.batch import EventBatch
 from sketches.drift import DriftResult, evaluate
 from sketches.reference import Reference, build_reference
-from tests.sketch_helpers import describe, drifted, profile_window
+from tests.sketch_helpers import chat, describe, drifted, profile_window
 
-DATA = Path(__file__).resolve().parent / "data" / "chat_e5.npz"
 DAYS, SHIFT_FROM = 8, 5  # days 0-4 clean, 5-7 shifted
 T0, DAY = 1_790_000_000.0, 86_400.0
 BUILD: dict[str, Any] = {
@@ -49,29 +46,8 @@ BUILD: dict[str, Any] = {
     "seed": 0,
 }
 F32 = npt.NDArray[np.float32]
-Rows = npt.NDArray[np.intp]
 Day = Callable[[np.random.Generator, int], F32]
 Verdicts = list[dict[str, DriftResult]]
-
-
-class Chat:
-    def __init__(self, path: Path = DATA) -> None:
-        with np.load(path) as f:
-            self.x: F32 = np.ascontiguousarray(f["embeddings"], dtype=np.float32)
-            self.language: npt.NDArray[np.str_] = f["language"]
-        english = np.flatnonzero(self.language == "en")
-        shuffled = np.random.default_rng(0).permutation(english)
-        held_out = round(0.4 * english.size)
-        self.test: Rows = np.sort(shuffled[:held_out])
-        self.build: Rows = np.sort(shuffled[held_out:])
-
-    def pool(self, language: str) -> Rows:
-        return np.flatnonzero(self.language == language)
-
-
-@cache
-def chat() -> Chat:
-    return Chat()
 
 
 @pytest.fixture(scope="module")

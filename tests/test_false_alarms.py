@@ -12,6 +12,11 @@ Small windows (30 events) are drawn without replacement from the test pool. Larg
 (3,000 events) are larger than the whole pool (629 rows), so they are drawn with replacement:
 those windows are independent given the pool, and the test then checks the rate a user whose
 production traffic looked like this pool would see.
+
+Digits carry no text or predictions, so the same test runs on English chat lines too
+(``tests/data/chat_e5.npz``): each event carries its words and the topic a classifier
+predicts, so every metric, ``doc_length``, ``term_length``, ``frequent_terms`` and
+``prediction`` included, is judged in windows of 30 and of 1,000.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy.stats import binomtest
 
+from agent.values import tokenize
 from sketches.batch import EventBatch
 from sketches.calibration import Calibration
 from sketches.drift import evaluate
 from sketches.geometry import Distance
 from sketches.reference import Reference, build_reference
-from tests.sketch_helpers import digits, drifted
+from tests.sketch_helpers import chat, digits, drifted
 
 ALPHA = 0.05
 P_VALUE = 0.001
@@ -125,3 +132,75 @@ def test_the_test_would_catch_a_miscalibrated_reference(reference: Reference) ->
     rate = _false_alarms(halved, 30, WINDOWS[30], seed=30)
     p = binomtest(rate.alarms, rate.windows, ALPHA, alternative="greater").pvalue
     assert p <= P_VALUE, f"halved thresholds still pass: {rate}"
+
+
+# ---------------------------------------------------------------------------------------------
+# every metric, text and predictions included: chat lines with their words, and the topic a
+# classifier predicts for each
+
+
+CHAT_WINDOWS = {30: 600, 1000: 200}  # window size: clean windows judged (753 test lines)
+TEXT_AND_PREDICTIONS = {"doc_length", "term_length", "frequent_terms", "prediction"}
+
+
+@dataclass(frozen=True)
+class ChatEvents:
+    build: EventBatch
+    test: EventBatch
+
+
+@functools.cache
+def _chat_events() -> ChatEvents:
+    """English chat lines as events carrying their words (the agent's tokenizer), the topic a
+    logistic regression predicts and the true topic. The build lines' predictions are
+    cross-validated, as a model's predictions on data it did not train on are; the test lines'
+    come from the model fitted on every build line."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    c = chat()
+    model = LogisticRegression(max_iter=2000)
+    x_build, y_build = c.x[c.build], c.topic[c.build]
+    predicted = {
+        "build": cross_val_predict(model, x_build, y_build, cv=5),
+        "test": model.fit(x_build, y_build).predict(c.x[c.test]),
+    }
+
+    def events(part: str, rows: npt.NDArray[np.intp]) -> EventBatch:
+        return EventBatch(
+            c.x[rows],
+            np.zeros(rows.size),
+            tokens=[tokenize(str(s)) for s in c.sentences[rows]],
+            predictions=[str(p) for p in predicted[part]],
+            targets=[str(t) for t in c.topic[rows]],
+        )
+
+    return ChatEvents(events("build", c.build), events("test", c.test))
+
+
+@functools.cache
+def _chat_reference() -> Reference:
+    return build_reference(
+        _chat_events().build, None, method="pca-kmeans", alpha=ALPHA, sizes=SIZES[:-1], seed=0
+    )
+
+
+@pytest.mark.parametrize("size", sorted(CHAT_WINDOWS))
+def test_clean_chat_with_text_and_predictions_is_flagged_at_most_alpha_of_the_time(
+    size: int,
+) -> None:
+    reference, test = _chat_reference(), _chat_events().test
+    rng = np.random.default_rng(size)
+    alarms, by_metric, judged = 0, Counter[str](), set[str]()
+    for _ in range(CHAT_WINDOWS[size]):
+        window = reference.new_profile()
+        window.update(test.take(rng.choice(len(test), size, replace=size > len(test))))
+        results = evaluate(window, reference)
+        judged |= {m for m, r in results.items() if r.threshold is not None}
+        fired = drifted(results)
+        alarms += bool(fired)
+        by_metric.update(fired)
+    rate = Rate(size, CHAT_WINDOWS[size], alarms, dict(by_metric))
+    assert judged >= TEXT_AND_PREDICTIONS, judged
+    p = binomtest(rate.alarms, rate.windows, ALPHA, alternative="greater").pvalue
+    assert p > P_VALUE, f"chat: {rate}; binomial p = {p:.2g}"
