@@ -16,6 +16,7 @@ from sketches.errors import EmbmonError
 from sketches.geometry import DEFAULT_PROBES
 from sketches.reference import METHODS, Method, Reference, build_reference
 
+from .allocator import keep_freed_memory
 from .config import add_settings_flags
 from .durations import parse_duration
 from .fields import FieldMap
@@ -280,6 +281,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
