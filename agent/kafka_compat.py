@@ -16,6 +16,10 @@ Two more gaps concern the consumer's life cycle:
   still running and its client unreachable: a caller that retries leaks one thread and socket
   set per attempt. :func:`new_consumer` hands the documented ``kafka_client`` option a factory
   that keeps the client, and closes it when the constructor raises.
+* kafka-python parses each fetched record in pure Python, at more than embmon's own cost per
+  event: :func:`new_consumer` gives its fetcher the faster reader of
+  :mod:`agent.kafka_records`, which reads ``MemoryRecords._buffer`` and
+  ``DefaultRecordBatch``'s buffer, position and record count.
 * ``KafkaConsumer.close()`` sends LeaveGroup whenever the coordinator holds a member id, also in
   the middle of a join. On Tansu 0.6 a LeaveGroup from the member elected leader before its
   SyncGroup leaves the forming group with a leader that is no longer a member: every member
@@ -36,6 +40,8 @@ from typing import Any
 import kafka
 from kafka import KafkaConsumer, TopicPartition
 from kafka.net.compat import KafkaNetClient
+
+from agent.kafka_records import FastPartitionRecords, missing_reader_fields
 
 __all__ = [
     "TESTED_VERSIONS",
@@ -70,6 +76,8 @@ def check(consumer: Any) -> None:
         _fail(f"Fetcher fields {missing or ['_fetcher']}")
     if not callable(getattr(getattr(consumer, "_coordinator", None), "reset_generation", None)):
         _fail("the coordinator method _coordinator.reset_generation()")
+    if missing_reader_fields():
+        _fail(f"the record-reading internals {missing_reader_fields()}")
     if kafka.__version__ not in TESTED_VERSIONS:
         log.warning(
             "kafka-python %s is not among the releases embmon was tested with (%s)",
@@ -86,7 +94,8 @@ def _fail(what: str) -> None:
 
 
 def new_consumer(config: dict[str, Any]) -> KafkaConsumer:
-    """``KafkaConsumer(**config)`` that leaves no IO thread behind when it cannot bootstrap."""
+    """``KafkaConsumer(**config)`` that leaves no IO thread behind when it cannot bootstrap,
+    and reads fetched records with :class:`agent.kafka_records.FastPartitionRecords`."""
     made: list[Any] = []
 
     def client(**kwargs: Any) -> Any:
@@ -94,11 +103,13 @@ def new_consumer(config: dict[str, Any]) -> KafkaConsumer:
         return made[-1]
 
     try:
-        return KafkaConsumer(**config, kafka_client=client)
+        consumer = KafkaConsumer(**config, kafka_client=client)
     except BaseException:
         for each in made:
             each.close()
         raise
+    consumer._fetcher.PartitionRecords = FastPartitionRecords  # this consumer's fetcher only
+    return consumer
 
 
 def forget_membership(consumer: Any) -> None:
