@@ -90,6 +90,8 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
         """Every batch's records, and the offset after the last batch; None: kafka-python's."""
         batches: list[_Batch] = []
         next_offset = None
+        fetched = bytes(records._buffer)  # no copy when it is bytes already, as fetches are
+        start = 0  # of the batch: MemoryRecords cuts them one after the other from 0
         try:
             batch = records.next_batch()
             while batch is not None:
@@ -102,25 +104,30 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
                     return None
                 if self.check_crcs and not batch.validate_crc():
                     return None
-                batches.append(_read_batch(tp, batch))
+                if batch.compression_type == batch.CODEC_NONE:  # its records, in the fetch
+                    data, first, end = fetched, start + batch._pos, start + batch.size_in_bytes
+                else:
+                    batch._maybe_uncompress()
+                    data = bytes(batch._buffer)
+                    first, end = batch._pos, len(data)
+                batches.append(_read_batch(tp, batch, data, first, end))
                 next_offset = batch.next_offset
+                start += batch.size_in_bytes
                 batch = records.next_batch()
         except Exception:  # any doubt: kafka-python reads the fetch and raises its own error
             return None
         return batches, next_offset
 
 
-def _read_batch(tp: Any, batch: DefaultRecordBatch) -> _Batch:
-    """One batch's records, as ``DefaultRecordBatch.__next__`` and ``_unpack_records`` build them.
+def _read_batch(tp: Any, batch: DefaultRecordBatch, data: bytes, pos: int, end: int) -> _Batch:
+    """One batch's records, ``data[pos:end]``, as ``DefaultRecordBatch.__next__`` and
+    ``_unpack_records`` build them.
 
     The hot loop of the agent's Kafka path, so written out: each varint (zigzag-coded, as
     kafka-python's ``decode_varint`` reads them) is read inline when it fits one or two bytes,
     as record lengths, offset and timestamp deltas and value sizes of up to 8 KB do; longer
     ones take :func:`_unsigned`.
     """
-    batch._maybe_uncompress()
-    data = bytes(batch._buffer)
-    pos = batch._pos
     topic, partition, epoch = tp.topic, tp.partition, batch.leader_epoch
     base_offset, timestamp_type = batch.base_offset, batch.timestamp_type
     first_timestamp = batch.first_timestamp
@@ -182,7 +189,7 @@ def _read_batch(tp: Any, batch: DefaultRecordBatch) -> _Batch:
             _record(ConsumerRecord, (*fields, headers, None, key_size, value_size, header_size))
         )
         sizes.append(length)
-    if pos != len(data):
+    if pos != end:
         raise _Doubt  # kafka-python: "unconsumed bytes after all records consumed"
     return epoch, taken, sizes
 
@@ -208,7 +215,7 @@ def _bytes(data: bytes, pos: int, size: int) -> tuple[bytes | None, int, int]:
         return None, -1, pos
     field = data[pos : pos + size]
     if len(field) != size:
-        raise _Doubt  # past the end of the buffer
+        raise _Doubt  # past the end of the fetch
     return field, size, pos + size
 
 
