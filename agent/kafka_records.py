@@ -95,7 +95,9 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
         try:
             batch = records.next_batch()
             while batch is not None:
-                if not isinstance(batch, DefaultRecordBatch) or batch.is_control_batch:
+                if not isinstance(batch, DefaultRecordBatch) or batch.magic != 2:
+                    return None  # kafka-python reads a magic past 2 as v2, but not its epoch
+                if batch.is_control_batch:
                     return None
                 if (
                     self.isolation_level == IsolationLevel.READ_COMMITTED
@@ -184,9 +186,25 @@ def _read_batch(tp: Any, batch: DefaultRecordBatch, data: bytes, pos: int, end: 
             raise _Doubt  # kafka-python: "Invalid record size"
         if log_append_time is not None:
             timestamp = log_append_time
-        fields = (topic, partition, epoch, offset, timestamp, timestamp_type, key, value)
         taken.append(
-            _record(ConsumerRecord, (*fields, headers, None, key_size, value_size, header_size))
+            _record(
+                ConsumerRecord,
+                (
+                    topic,
+                    partition,
+                    epoch,
+                    offset,
+                    timestamp,
+                    timestamp_type,
+                    key,
+                    value,
+                    headers,
+                    None,
+                    key_size,
+                    value_size,
+                    header_size,
+                ),
+            )
         )
         sizes.append(length)
     if pos != end:
