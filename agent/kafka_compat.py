@@ -1,4 +1,5 @@
-"""The only place embmon reads kafka-python's private state, checked once at start-up.
+"""Where embmon reads kafka-python's private state (with :mod:`agent.kafka_records`, which
+it installs), checked once at start-up.
 
 kafka-python 3.0.12 has two gaps a streaming agent falls into, and both are bridged through
 its ``Fetcher``'s private fields:

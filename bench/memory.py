@@ -8,7 +8,8 @@ which do not depend on how many events went before). Events are 384-d ``embeddin
 (Zipf words from a 100k vocabulary), a prediction and a target, 1h windows of 50,000 events,
 so 5M events open and close 100 windows (``--models 100``: spread round robin over 100
 models, so 100 window profiles are open at once and 10,000 close). Peak RSS (VmHWM) and current RSS are read at each
-checkpoint; the whole run is one process with one configuration.
+checkpoint; the whole run is one process with one configuration, glibc's allocator tuned as
+``embmon`` tunes it (:mod:`agent.allocator`: freed memory stays mapped).
 
 usage: python bench/memory.py [--quick] [--events 5000000] [--json OUT]
 """
@@ -27,6 +28,7 @@ import numpy as np
 import orjson
 from common import T0, emit, fmt, make_reference, mixture, peak_rss_mb, rss_mb
 
+from agent.allocator import keep_freed_memory
 from agent.decode import Decoder
 from agent.driver import Driver
 from agent.ledger import prepare_out
@@ -82,6 +84,7 @@ class Events:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every embmon command does at start
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100k and 500k events")
     parser.add_argument("--events", type=int, default=5_000_000)
