@@ -17,16 +17,17 @@ Two more gaps concern the consumer's life cycle:
   still running and its client unreachable: a caller that retries leaks one thread and socket
   set per attempt. :func:`new_consumer` hands the documented ``kafka_client`` option a factory
   that keeps the client, and closes it when the constructor raises.
-* kafka-python parses each fetched record in pure Python, at more than embmon's own cost per
-  event: :func:`new_consumer` gives its fetcher the faster reader of
-  :mod:`agent.kafka_records`, which reads ``MemoryRecords._buffer`` and
-  ``DefaultRecordBatch``'s buffer, position and record count.
 * ``KafkaConsumer.close()`` sends LeaveGroup whenever the coordinator holds a member id, also in
   the middle of a join. On Tansu 0.6 a LeaveGroup from the member elected leader before its
   SyncGroup leaves the forming group with a leader that is no longer a member: every member
   that joins later waits in SyncGroup (RebalanceInProgress) for ever, until the broker restarts.
   :func:`forget_membership` makes the coordinator drop its membership locally first, so close
   sends nothing; the broker forgets the member after its session timeout.
+
+And one cost: kafka-python parses each fetched record in pure Python, at more than embmon's
+own cost per event. :func:`new_consumer` gives its fetcher the faster reader of
+:mod:`agent.kafka_records`, which reads ``MemoryRecords._buffer`` and ``DefaultRecordBatch``'s
+buffer, position and record count.
 
 :func:`check` fails at once, with what to do, when the installed kafka-python lacks these
 fields, instead of letting the agent mis-judge its watermark later. ``TESTED_VERSIONS`` are

@@ -36,7 +36,10 @@ headers = st.lists(st.tuples(st.text(max_size=6), st.none() | st.binary(max_size
 records = st.lists(
     st.tuples(
         st.none() | st.binary(max_size=12),  # key
-        st.none() | st.binary(max_size=40) | st.binary(min_size=64, max_size=300),  # value
+        st.none()
+        | st.binary(max_size=40)
+        | st.binary(min_size=64, max_size=300)
+        | st.just(b"v" * 20_000),  # value: a size of 3 varint bytes
         headers,
         st.integers(0, 10**7),  # timestamp delta, ms
     ),
