@@ -674,12 +674,21 @@ def beyond_clean(shifted: dict[str, Any], clean: dict[str, Any], detector: str) 
     """Shifted windows scoring above every window of the clean case of the same reference and
     size: each detector judged at an empirical false-alarm rate of 0 of the clean windows."""
     side, score = DRIFT_SCORES[detector]
-    ours = [score(w) for w in shifted[f"{side}_windows"] or []]
-    theirs = [score(w) for w in clean[f"{side}_windows"] or []]
-    if not ours or not theirs or None in ours or None in theirs:
+    ours = _scores(shifted[f"{side}_windows"], score)
+    theirs = _scores(clean[f"{side}_windows"], score)
+    if ours is None or theirs is None:
         return None
-    level = max(theirs)  # type: ignore[type-var]
-    return sum(value > level for value in ours)  # type: ignore[operator]
+    level = max(theirs)
+    return sum(value > level for value in ours)
+
+
+def _scores(
+    windows: list[dict[str, Any]] | None, score: Callable[[dict[str, Any]], float | None]
+) -> list[float] | None:
+    """Every window's score; None when there are no windows or some window has no score."""
+    values = [score(w) for w in windows or []]
+    found = [v for v in values if v is not None]
+    return found if found and len(found) == len(values) else None
 
 
 def print_beyond_clean(table: list[dict[str, Any]], windows: int) -> None:
