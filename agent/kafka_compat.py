@@ -78,8 +78,9 @@ def check(consumer: Any) -> None:
         _fail(f"Fetcher fields {missing or ['_fetcher']}")
     if not callable(getattr(getattr(consumer, "_coordinator", None), "reset_generation", None)):
         _fail("the coordinator method _coordinator.reset_generation()")
-    if missing_reader_fields():
-        _fail(f"the record-reading internals {missing_reader_fields()}")
+    reader_missing = missing_reader_fields()
+    if reader_missing:
+        _fail(f"the record-reading internals {reader_missing}")
     if kafka.__version__ not in TESTED_VERSIONS:
         log.warning(
             "kafka-python %s is not among the releases embmon was tested with (%s)",
