@@ -256,16 +256,17 @@ def _profile(
     windows on both seeds (19 and 20 before) and 15 % Italian at n = 100 from 2 to 3 and 6.
     """
     part = batch.take(rows)
+    keys = row_keys(batch.embeddings)
     profile = WindowProfile.empty(space, "", REFERENCE_CAPACITY)
     profile.update_features(
         features.take(rows),
-        row_keys(part.embeddings),
+        keys[rows],
         text=None if part.tokens is None else text_features(part.tokens),
         predictions=part.predictions,
         targets=part.targets,
     )
     profile.sample = CoordinateSample(profile.sample.components, REFERENCE_CAPACITY)
-    profile.sample.update(row_keys(batch.embeddings), features.sample_rows())
+    profile.sample.update(keys, features.sample_rows())
     return profile
 
 
